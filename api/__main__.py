@@ -1,0 +1,27 @@
+"""``python -m api``: serve the API with granian on ZAPGATE_API_HOST:ZAPGATE_API_PORT."""
+
+from __future__ import annotations
+
+import sys
+
+from granian.constants import Interfaces
+from granian.server import Server
+
+from infra.logs import setup_logging
+from infra.settings import SettingsError, load_settings
+
+
+def main() -> int:
+    setup_logging()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
+    Server("api.app:create_app", address=settings.api.host, port=settings.api.port,
+           interface=Interfaces.ASGI, factory=True).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""What the API does with the store, apart from HTTP: read the host's documents, write orders."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import time
+
+import msgspec
+
+from api.errors import NotFoundError
+from infra import layout
+from infra.documents import (
+    Job,
+    JobState,
+    Rejection,
+    SessionCommand,
+    SessionStatus,
+    Totals,
+    decode,
+    encode,
+    utcnow,
+)
+from infra.jobs import initial_state
+from infra.store import NotFound, ObjectStore
+
+
+def read_status(store: ObjectStore, user_id: str) -> SessionStatus | None:
+    try:
+        return decode(store.get(layout.session_status(user_id)).data, SessionStatus)
+    except NotFound:
+        return None
+
+
+def list_statuses(store: ObjectStore) -> list[SessionStatus]:
+    statuses = []
+    for key in store.list(layout.SESSIONS):
+        if key.endswith("/status.json"):
+            try:
+                statuses.append(decode(store.get(key).data, SessionStatus))
+            except NotFound:  # deleted between the listing and the read
+                continue
+    return statuses
+
+
+def send_command(store: ObjectStore, user_id: str, command: SessionCommand) -> None:
+    """Queue a command for the host; names sort by time, so the host carries them out in order."""
+    name = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
+    store.put(layout.command(user_id, name), encode(command), create_only=True)
+
+
+def new_job_id() -> str:
+    return f"{utcnow():%Y%m%dT%H%M%S}-{secrets.token_hex(6)}"
+
+
+def submit_job(store: ObjectStore, job: Job) -> None:
+    """One create-only write: the job is either wholly in the inbox or not there at all."""
+    assert job.jobId is not None
+    store.put(layout.inbox(job.jobId), encode(job), create_only=True)
+
+
+def read_job_state(store: ObjectStore, job_id: str) -> JobState:
+    """The job's progress; a job still in the inbox is reported as queued, a rejected one as such."""
+    try:
+        return decode(store.get(layout.job_state(job_id)).data, JobState)
+    except NotFound:
+        pass
+    try:
+        return initial_state(msgspec.structs.replace(decode(store.get(layout.inbox(job_id)).data, Job), jobId=job_id))
+    except NotFound:
+        pass
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return _rejected_state(job_id, "the document in the inbox is not a valid job; the host will set it aside")
+    try:
+        rejection = decode(store.get(layout.rejection(f"{job_id}.json")).data, Rejection)
+    except NotFound:
+        raise NotFoundError(f"there is no job {job_id!r}") from None
+    return _rejected_state(job_id, rejection.reason, rejection.rejectedAt)
+
+
+def _rejected_state(job_id: str, reason: str, when: dt.datetime | None = None) -> JobState:
+    return JobState(jobId=job_id, userId="", kind="", status="rejected", totals=Totals(), results=[],
+                    detail=reason, finishedAt=when)

@@ -1,0 +1,129 @@
+"""Sessions: the list, one account's status and QR code, and the orders the host carries out."""
+
+from __future__ import annotations
+
+import io
+
+import msgspec
+import qrcode
+import qrcode.image.svg
+from litestar import Controller, Response, get, post
+
+from api.errors import InvalidField, NotFoundError
+from api.requests import PairPhoneRequest, UserRequest, check_user_id, read_body
+from api.service import list_statuses, read_status, send_command
+from infra.documents import Connect, Disconnect, Logout, PairPhone, SessionStatus, utcnow
+from infra.numbers import InvalidNumber, normalize_number
+from infra.settings import Settings
+from infra.store import ObjectStore
+
+# States in which the host is already working on the session: /connect leaves them alone.
+BUSY_STATES = frozenset({"starting", "qr", "connected", "reconnecting", "paused"})
+
+
+class SessionSummary(msgspec.Struct):
+    """An entry of ``GET /sessions``: the original's three fields, then zapgate's."""
+
+    userId: str
+    isConnected: bool
+    hasQrCode: bool
+    state: str
+    detail: str | None
+    jid: str | None
+    updatedAt: str | None
+
+
+class Done(msgspec.Struct):
+    success: bool
+    message: str
+
+
+def summary(status: SessionStatus) -> SessionSummary:
+    return SessionSummary(
+        userId=status.userId, isConnected=status.connected, hasQrCode=has_qr(status), state=status.state,
+        detail=status.detail, jid=status.jid, updatedAt=status.updatedAt.isoformat() if status.updatedAt else None,
+    )
+
+
+def has_qr(status: SessionStatus) -> bool:
+    return status.state == "qr" and status.qr is not None and (
+        status.qrExpiresAt is None or status.qrExpiresAt > utcnow()
+    )
+
+
+def ensure_started(store: ObjectStore, user_id: str) -> SessionStatus | None:
+    """Ask the host to start the session unless it is already at work on it."""
+    status = read_status(store, user_id)
+    if status is None or status.state not in BUSY_STATES:
+        send_command(store, user_id, Connect(issuedAt=utcnow()))
+    return status
+
+
+class SessionController(Controller):
+    @get("/sessions", sync_to_thread=True)
+    def list_sessions(self, store: ObjectStore) -> list[SessionSummary]:
+        """Every account the host has a status for."""
+        return [summary(status) for status in list_statuses(store)]
+
+    @get("/sessions/{user_id:str}", sync_to_thread=True)
+    def get_session(self, user_id: str, store: ObjectStore) -> SessionStatus:
+        """One account's full status, with the current QR payload while one is showing."""
+        check_user_id(user_id)
+        status = read_status(store, user_id)
+        if status is None:
+            return SessionStatus(userId=user_id, state="disconnected", detail="never connected")
+        if not has_qr(status):
+            status = msgspec.structs.replace(status, qr=None, qrExpiresAt=None)
+        return status
+
+    @get("/sessions/{user_id:str}/qr.svg", sync_to_thread=True, media_type="image/svg+xml")
+    def get_qr_svg(self, user_id: str, store: ObjectStore) -> Response[bytes]:
+        """The current QR code as SVG."""
+        image = qrcode.make(_current_qr(store, user_id), image_factory=qrcode.image.svg.SvgPathImage, box_size=12)
+        return _image(image, "image/svg+xml")
+
+    @get("/sessions/{user_id:str}/qr.png", sync_to_thread=True, media_type="image/png")
+    def get_qr_png(self, user_id: str, store: ObjectStore) -> Response[bytes]:
+        """The current QR code as PNG."""
+        return _image(qrcode.make(_current_qr(store, user_id), box_size=8, border=2), "image/png")
+
+    @post("/sessions/{user_id:str}/pair-phone", status_code=202, sync_to_thread=True)
+    def pair_by_phone(self, user_id: str, body: bytes, store: ObjectStore, settings: Settings) -> Done:
+        """Pair by a code typed on the phone instead of the QR; the code appears in the status."""
+        check_user_id(user_id)
+        request = read_body(body, PairPhoneRequest, with_user=False)
+        try:
+            phone = normalize_number(request.phone, settings.default_country)
+        except InvalidNumber as exc:
+            raise InvalidField("phone", str(exc)) from None
+        send_command(store, user_id, PairPhone(issuedAt=utcnow(), phone=phone))
+        return Done(success=True, message=f"pairing code requested; it appears in /sessions/{user_id}")
+
+    @post("/disconnect", status_code=200, sync_to_thread=True)
+    def disconnect(self, body: bytes, store: ObjectStore) -> Done:
+        """Close the account's connection and keep its pairing."""
+        request = read_body(body, UserRequest)
+        send_command(store, request.userId, Disconnect(issuedAt=utcnow()))
+        return Done(success=True, message=f"{request.userId} is being disconnected; the pairing is kept")
+
+    @post("/logout", status_code=200, sync_to_thread=True)
+    def logout(self, body: bytes, store: ObjectStore) -> Done:
+        """Unlink the device from the account and delete its stored credentials."""
+        request = read_body(body, UserRequest)
+        send_command(store, request.userId, Logout(issuedAt=utcnow()))
+        return Done(success=True, message=f"{request.userId} is being logged out; the next connect shows a new QR")
+
+
+def _current_qr(store: ObjectStore, user_id: str) -> str:
+    check_user_id(user_id)
+    status = read_status(store, user_id)
+    if status is None or not has_qr(status):
+        raise NotFoundError(f"{user_id} has no QR code to show now")
+    assert status.qr is not None
+    return status.qr
+
+
+def _image(image: object, media_type: str) -> Response[bytes]:
+    buffer = io.BytesIO()
+    image.save(buffer)  # type: ignore[attr-defined]
+    return Response(buffer.getvalue(), media_type=media_type, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,216 @@
+"""The documents that pass between the API, the session host and other systems through the store.
+
+Every document is a msgspec Struct, encoded as JSON. Field names follow the original contract
+(camelCase, Portuguese where the original had Portuguese). Inputs forbid unknown fields so that a
+typo is an error, not a silently ignored option; outputs omit nothing, so readers see every field.
+
+Who writes what (keys in ``infra.layout``):
+
+- ``Job``: written to the inbox by the API, or dropped there by any other system; the host
+  validates it with the same Struct and accepts it.
+- ``JobState``: written by the host as the job progresses; read by the API.
+- ``SessionCommand``: written by the API; the host carries it out and deletes it.
+- ``SessionStatus``: written by the host; read by the API.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+# A short identifier: letters, digits and . _ @ -, no "..", so it is safe in keys, paths and URLs.
+USER_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
+UserId = Annotated[str, msgspec.Meta(pattern=USER_ID_PATTERN, description="A short account identifier.")]
+JobId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")]
+MAX_MESSAGE_CHARS = 4096
+T = TypeVar("T")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Input(msgspec.Struct, forbid_unknown_fields=True):
+    """Base of every input document: an unknown field is an error that names it."""
+
+
+class AntiBanSettings(Input, frozen=True):
+    """The original's pacing, in milliseconds: a random pause in [randomDelayMin, randomDelayMax]
+    between two messages, and batchDelayMs instead of it after every batchSize messages."""
+
+    randomDelayMin: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 6000
+    randomDelayMax: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 9000
+    batchSize: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
+    batchDelayMs: Annotated[int, msgspec.Meta(ge=0, le=86_400_000)] = 60000
+
+    def __post_init__(self) -> None:
+        if self.randomDelayMin > self.randomDelayMax:
+            raise ValueError("randomDelayMin must not be greater than randomDelayMax")
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+
+
+class Recipient(Input, frozen=True):
+    number: str
+    name: str = ""
+
+
+class Job(Input, frozen=True):
+    """A send order: one message template to one or more recipients of one account.
+
+    The API writes it; another system may drop one into the inbox too, with ``jobId`` left out
+    (the host then takes the object's name). Numbers are validated again when the host accepts it.
+    """
+
+    userId: UserId
+    recipients: Annotated[list[Recipient], msgspec.Meta(min_length=1)]
+    message: Annotated[str, msgspec.Meta(max_length=MAX_MESSAGE_CHARS)]
+    kind: Literal["bulk", "single"] = "bulk"
+    jobId: JobId | None = None
+    imageUrl: str | None = None
+    antiBanSettings: AntiBanSettings = AntiBanSettings()
+    submittedAt: dt.datetime | None = None
+
+    def message_id(self, index: int) -> str:
+        """The WhatsApp message id of recipient ``index``, fixed before the first attempt so that
+        a retry can never make a second message."""
+        digest = hashlib.sha256(f"{self.jobId}:{index}".encode()).hexdigest()
+        return "3EB0" + digest[:20].upper()
+
+
+RecipientStatus = Literal[
+    "pending", "sent", "not_on_whatsapp", "failed", "duplicate", "skipped", "unknown"
+]
+JobStatus = Literal["queued", "running", "waiting", "done", "failed", "cancelled", "rejected"]
+FINAL_JOB_STATUSES = frozenset({"done", "failed", "cancelled", "rejected"})
+
+
+class RecipientResult(msgspec.Struct):
+    index: int
+    number: str
+    name: str
+    messageId: str
+    status: RecipientStatus = "pending"
+    jid: str | None = None
+    attempts: int = 0
+    sentAt: dt.datetime | None = None
+    error: str | None = None
+
+
+class Totals(msgspec.Struct):
+    total: int = 0
+    sent: int = 0
+    failed: int = 0
+    not_on_whatsapp: int = 0
+    duplicate: int = 0
+    skipped: int = 0
+    unknown: int = 0
+    pending: int = 0
+
+
+class JobState(msgspec.Struct):
+    """A job's progress, as the host last wrote it."""
+
+    jobId: str
+    userId: str
+    kind: str
+    status: JobStatus
+    totals: Totals
+    results: list[RecipientResult]
+    submittedAt: dt.datetime | None = None
+    startedAt: dt.datetime | None = None
+    finishedAt: dt.datetime | None = None
+    updatedAt: dt.datetime | None = None
+    detail: str | None = None
+
+    def count(self) -> None:
+        """Recompute the totals from the per-recipient results."""
+        totals = Totals(total=len(self.results))
+        for result in self.results:
+            setattr(totals, result.status, getattr(totals, result.status) + 1)
+        self.totals = totals
+
+
+class Rejection(msgspec.Struct):
+    """Why a document dropped into the inbox was moved aside."""
+
+    key: str
+    reason: str
+    rejectedAt: dt.datetime
+
+
+# -- sessions --------------------------------------------------------------------------------------
+
+
+class Connect(msgspec.Struct, tag="connect"):
+    issuedAt: dt.datetime
+
+
+class Disconnect(msgspec.Struct, tag="disconnect"):
+    issuedAt: dt.datetime
+
+
+class Logout(msgspec.Struct, tag="logout"):
+    issuedAt: dt.datetime
+
+
+class PairPhone(msgspec.Struct, tag="pair_phone"):
+    issuedAt: dt.datetime
+    phone: str
+
+
+SessionCommand = Connect | Disconnect | Logout | PairPhone
+
+SessionState = Literal[
+    "starting",  # the host is opening the connection
+    "qr",  # waiting for the QR code (or phone code) to be used
+    "connected",
+    "reconnecting",  # paired, connection lost, the host is trying again
+    "disconnected",  # closed on request; the pairing is kept
+    "logged_out",  # the pairing is gone (logout, or the device removed on the phone)
+    "qr_expired",  # nobody scanned the codes in time
+    "paused",  # connected but sending is paused (rate limit, temporary ban)
+    "failed",  # the host could not start the session; ``detail`` says why
+]
+
+
+class SessionStatus(msgspec.Struct):
+    userId: str
+    state: SessionState
+    paired: bool = False
+    detail: str | None = None
+    qr: str | None = None
+    qrExpiresAt: dt.datetime | None = None
+    pairCode: str | None = None
+    jid: str | None = None
+    backend: str | None = None
+    host: str | None = None
+    updatedAt: dt.datetime | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.state in ("connected", "paused")
+
+
+# -- encoding --------------------------------------------------------------------------------------
+
+encoder = msgspec.json.Encoder()
+
+
+def encode(document: Any) -> bytes:
+    return encoder.encode(document)
+
+
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def decode(data: bytes, type_: type[T]) -> T:
+    """Decode and validate ``data`` as ``type_``; raises msgspec.ValidationError or DecodeError."""
+    decoder = _decoders.get(type_)
+    if decoder is None:
+        decoder = _decoders[type_] = msgspec.json.Decoder(type_)
+    return decoder.decode(data)

@@ -1,0 +1,73 @@
+"""Checks a Job before it is stored or sent, the same way in the API and in the host.
+
+The API runs it on every request and answers 400 with the field it names; the host runs it again
+on every document it takes from the inbox, because other systems may drop jobs there directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import msgspec
+
+from infra.documents import Job, JobState, Recipient, RecipientResult, Totals, utcnow
+from infra.numbers import InvalidNumber, normalize_number
+
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+
+
+class InvalidJob(ValueError):
+    """What is wrong with a job, as a field path (``recipients[3].number``) and a reason."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def prepare_job(job: Job, *, job_id: str, default_region: str | None, now: dt.datetime | None = None) -> Job:
+    """Return ``job`` with its id fixed and every number normalised, or raise InvalidJob."""
+    job_id = job.jobId or job_id
+    if not JOB_ID.match(job_id):
+        raise InvalidJob("jobId", "must be 1-80 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    if not job.message.strip() and job.imageUrl is None:
+        raise InvalidJob("message", "must not be empty")
+    if job.imageUrl is not None and not job.imageUrl.startswith(("http://", "https://")):
+        raise InvalidJob("imageUrl", "must be an http:// or https:// URL")
+    recipients = []
+    for index, recipient in enumerate(job.recipients):
+        try:
+            number = normalize_number(recipient.number, default_region)
+        except InvalidNumber as exc:
+            raise InvalidJob(f"recipients[{index}].number", f"{recipient.number!r} {exc}") from None
+        recipients.append(Recipient(number=number, name=recipient.name))
+    return msgspec.structs.replace(
+        job, jobId=job_id, recipients=recipients, submittedAt=job.submittedAt or now or utcnow()
+    )
+
+
+def initial_state(job: Job) -> JobState:
+    """The state of a job just accepted: every recipient pending, the same person twice a duplicate."""
+    assert job.jobId is not None
+    seen: set[str] = set()
+    results = []
+    for index, recipient in enumerate(job.recipients):
+        result = RecipientResult(
+            index=index, number=recipient.number, name=recipient.name, messageId=job.message_id(index)
+        )
+        if recipient.number in seen:
+            result.status = "duplicate"
+        seen.add(recipient.number)
+        results.append(result)
+    state = JobState(
+        jobId=job.jobId, userId=job.userId, kind=job.kind, status="queued", totals=Totals(),
+        results=results, submittedAt=job.submittedAt, updatedAt=utcnow(),
+    )
+    state.count()
+    return state
+
+
+def render(template: str, recipient: Recipient) -> str:
+    """The original's one placeholder: ``[nome]`` becomes the contact's name."""
+    return template.replace("[nome]", recipient.name)

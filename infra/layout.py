@@ -1,0 +1,63 @@
+"""Where everything lives in the store. Both processes build keys only through these functions.
+
+::
+
+    inbox/<jobId>.json                  Job, waiting for the host (the API writes here; so may others)
+    jobs/<jobId>/job.json               Job, as the host accepted it (numbers normalised, id fixed)
+    jobs/<jobId>/state.json             JobState: status, totals, per-recipient results
+    rejected/<name>                     a bad inbox document, moved aside as it was
+    rejected/<name>.reason.json         Rejection: why
+    queue/<userId>/<jobId>              marker: an unfinished job of this account
+    commands/<userId>/<time>-<id>.json  SessionCommand for the host
+    sessions/<userId>/status.json       SessionStatus
+    sessions/<userId>/auth.db           the account's WhatsApp credentials (neonize's SQLite database)
+"""
+
+from __future__ import annotations
+
+INBOX = "inbox/"
+COMMANDS = "commands/"
+SESSIONS = "sessions/"
+QUEUE = "queue/"
+REJECTED = "rejected/"
+
+
+def inbox(job_id: str) -> str:
+    return f"{INBOX}{job_id}.json"
+
+
+def job(job_id: str) -> str:
+    return f"jobs/{job_id}/job.json"
+
+
+def job_state(job_id: str) -> str:
+    return f"jobs/{job_id}/state.json"
+
+
+def rejected(name: str) -> str:
+    return f"{REJECTED}{name}"
+
+
+def rejection(name: str) -> str:
+    return f"{REJECTED}{name}.reason.json"
+
+
+def queue_marker(user_id: str, job_id: str) -> str:
+    return f"{QUEUE}{user_id}/{job_id}"
+
+
+def command(user_id: str, name: str) -> str:
+    return f"{COMMANDS}{user_id}/{name}.json"
+
+
+def session_status(user_id: str) -> str:
+    return f"{SESSIONS}{user_id}/status.json"
+
+
+def session_auth(user_id: str) -> str:
+    return f"{SESSIONS}{user_id}/auth.db"
+
+
+def user_of(key: str, prefix: str) -> str:
+    """The userId in a key such as ``sessions/<userId>/status.json`` listed under ``prefix``."""
+    return key[len(prefix) :].split("/", 1)[0]

@@ -1,0 +1,247 @@
+"""One sending queue per account: every job of a user goes through the account's pace.
+
+Order: single sends before campaigns, campaigns first come first served, one recipient at a time,
+so a single send can slip in between two messages of a running campaign (still after the gap).
+
+Pace (the original's antiBanSettings, in ms): after a message, a random pause in
+[randomDelayMin, randomDelayMax]; after every batchSize messages of a job, batchDelayMs instead.
+The pause is kept per *account*: a second campaign of the same account waits as long as the first
+would, and the next message never follows the previous one sooner than its job's randomDelayMin.
+A recipient who is not on WhatsApp gets nothing and costs no pause.
+
+Delivery integrity: each recipient's message id is fixed when the job is accepted. After every
+outcome the job's state is written to the store before the next message leaves. When the link
+breaks after a message left (OutcomeUnknown) the recipient stays pending and is sent again with
+the same id once the session is back, which WhatsApp de-duplicates; a backend that cannot pass our
+id reports the recipient as ``unknown`` instead of risking a second message.
+
+Known limits, for the sending-engine issue: the whole state is rewritten at every checkpoint
+(fine for thousands of recipients, quadratic for 100,000); no pause/resume/cancel; no daily cap,
+quiet hours or warm-up; a transient failure is retried at most MAX_ATTEMPTS times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from infra import layout
+from infra.documents import FINAL_JOB_STATUSES, AntiBanSettings, Job, JobState, RecipientResult, utcnow
+from infra.jobs import render
+from infra.settings import HostSettings
+from session_host.media import MediaError, fetch_image
+from session_host.sessions import Session
+from session_host.storage import Storage
+from session_host.whatsapp import NotConnected, OutcomeUnknown, RateLimited, SendRejected, WhatsAppClient
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+_WAIT_TICK = 0.5
+
+
+class JobRun:
+    """A job being worked on: the accepted document and its progress."""
+
+    def __init__(self, job: Job, state: JobState) -> None:
+        self.job = job
+        self.state = state
+        self.image: tuple[bytes, str] | None = None
+        self.prepared = False
+        self.sent_in_batch = 0
+        self.started = time.monotonic()
+
+    @property
+    def id(self) -> str:
+        return self.state.jobId
+
+    @property
+    def finished(self) -> bool:
+        return self.state.status in FINAL_JOB_STATUSES
+
+    def next_pending(self) -> RecipientResult | None:
+        return next((result for result in self.state.results if result.status == "pending"), None)
+
+
+class Pacer:
+    """The account's pace across all its jobs."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.last_sent: float | None = None
+        self.next_at = 0.0
+
+    def wait_before(self, settings: AntiBanSettings) -> float:
+        """Seconds to wait before the next message of a job with ``settings``."""
+        if self.last_sent is None:
+            return 0.0
+        earliest = max(self.next_at, self.last_sent + settings.randomDelayMin / 1000)
+        return max(0.0, earliest - self.clock())
+
+    def record_sent(self, run: JobRun) -> None:
+        settings = run.job.antiBanSettings
+        run.sent_in_batch += 1
+        if run.sent_in_batch % settings.batchSize == 0:
+            gap_ms: float = settings.batchDelayMs
+        else:
+            gap_ms = random.uniform(settings.randomDelayMin, settings.randomDelayMax)
+        self.last_sent = self.clock()
+        self.next_at = self.last_sent + gap_ms / 1000
+
+
+class AccountSender:
+    def __init__(
+        self,
+        user_id: str,
+        sessions: dict[str, Session],
+        storage: Storage,
+        settings: HostSettings,
+        honours_message_ids: bool,
+    ) -> None:
+        self.user_id = user_id
+        self.sessions = sessions
+        self.storage = storage
+        self.settings = settings
+        self.honours_message_ids = honours_message_ids
+        self.pacer = Pacer()
+        self.runs: list[JobRun] = []
+        self._wakeup = asyncio.Event()
+
+    def add(self, run: JobRun) -> None:
+        if any(existing.id == run.id for existing in self.runs):
+            return
+        self.runs.append(run)
+        self._wakeup.set()
+        logger.info("user=%s job=%s queued: %d recipients (%s)", self.user_id, run.id, len(run.state.results),
+                    run.job.kind)
+
+    async def run(self) -> None:
+        while True:
+            run = self._next_run()
+            if run is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._step(run)
+
+    def _next_run(self) -> JobRun | None:
+        self.runs = [run for run in self.runs if not run.finished]
+        singles = [run for run in self.runs if run.job.kind == "single"]
+        return (singles or self.runs or [None])[0]
+
+    # -- one step: prepare, wait, or send to one recipient --------------------------------------------
+
+    async def _step(self, run: JobRun) -> None:
+        if not run.prepared:
+            await self._prepare(run)
+            return
+        result = run.next_pending()
+        if result is None:
+            await self._finish(run, "done")
+            return
+        session = self.sessions.get(self.user_id)
+        if session is None or not session.ready.is_set():
+            await self._wait_for_session(run, session)
+            return
+        if run.state.status != "running":
+            run.state.status, run.state.detail = "running", None
+            await self._checkpoint(run)
+        await self._deliver(run, result, session)
+
+    async def _prepare(self, run: JobRun) -> None:
+        """Fetch the image once for the whole job, before anyone gets anything."""
+        if run.job.imageUrl is not None:
+            try:
+                run.image = await fetch_image(
+                    run.job.imageUrl, max_bytes=self.settings.image_max_bytes, timeout=self.settings.image_timeout
+                )
+            except MediaError as exc:
+                await self._finish(run, "failed", f"image: {exc}")
+                return
+        run.prepared = True
+        if run.state.startedAt is None:
+            run.state.startedAt = utcnow()
+
+    async def _wait_for_session(self, run: JobRun, session: Session | None) -> None:
+        reason = "the session is not started" if session is None else f"the session is {session.status.state}"
+        if run.state.status != "waiting" or run.state.detail != reason:
+            run.state.status, run.state.detail = "waiting", f"{reason}; sending resumes when it is connected"
+            await self._checkpoint(run)
+            logger.info("user=%s job=%s waiting: %s", self.user_id, run.id, reason)
+        if session is not None:
+            try:
+                await asyncio.wait_for(session.ready.wait(), _WAIT_TICK)
+            except TimeoutError:
+                pass
+        else:
+            await asyncio.sleep(_WAIT_TICK)
+
+    async def _deliver(self, run: JobRun, result: RecipientResult, session: Session) -> None:
+        client = session.client
+        assert client is not None
+        try:
+            if result.jid is None:
+                jid = (await client.lookup([result.number])).get(result.number)
+                if jid is None:
+                    result.status, result.error = "not_on_whatsapp", "this number has no WhatsApp account"
+                    await self._checkpoint(run)
+                    return
+                result.jid = jid
+            if (delay := self.pacer.wait_before(run.job.antiBanSettings)) > 0:
+                await asyncio.sleep(delay)
+                return  # look again: the session may have dropped, a single send may go first
+            result.attempts += 1
+            await self._send(run, result, client)
+            result.status, result.sentAt, result.error = "sent", utcnow(), None
+            self.pacer.record_sent(run)
+        except NotConnected:
+            return
+        except OutcomeUnknown as exc:
+            self.pacer.record_sent(run)
+            if not self.honours_message_ids:
+                result.status, result.error = "unknown", f"{exc}; not resent, to avoid a second message"
+            else:
+                result.error = f"{exc}; will resend with the same message id"
+        except RateLimited as exc:
+            result.attempts -= 1
+            session.pause(exc.retry_after, str(exc))
+        except SendRejected as exc:
+            self.pacer.record_sent(run)
+            result.status, result.error = "failed", exc.reason
+        if result.status == "pending" and result.attempts >= MAX_ATTEMPTS:
+            result.status, result.error = "failed", f"gave up after {result.attempts} attempts: {result.error}"
+        await self._checkpoint(run)
+
+    async def _send(self, run: JobRun, result: RecipientResult, client: WhatsAppClient) -> None:
+        recipient = run.job.recipients[result.index]
+        text = render(run.job.message, recipient)
+        assert result.jid is not None
+        if run.image is not None:
+            image, mimetype = run.image
+            await client.send_image(result.jid, image, mimetype, text, result.messageId)
+        else:
+            await client.send_text(result.jid, text, result.messageId)
+        logger.debug("user=%s job=%s recipient %d sent", self.user_id, run.id, result.index)
+
+    # -- the store -----------------------------------------------------------------------------------
+
+    async def _checkpoint(self, run: JobRun) -> None:
+        run.state.count()
+        run.state.updatedAt = utcnow()
+        await self.storage.write_safely(layout.job_state(run.id), run.state)
+
+    async def _finish(self, run: JobRun, status: str, detail: str | None = None) -> None:
+        run.state.status = status  # type: ignore[assignment]
+        run.state.detail = detail
+        run.state.finishedAt = utcnow()
+        await self._checkpoint(run)
+        await self.storage.delete(layout.queue_marker(self.user_id, run.id))
+        totals = run.state.totals
+        logger.info(
+            "user=%s job=%s %s in %.1f s: sent=%d not_on_whatsapp=%d failed=%d duplicate=%d unknown=%d%s",
+            self.user_id, run.id, status, time.monotonic() - run.started, totals.sent, totals.not_on_whatsapp,
+            totals.failed, totals.duplicate, totals.unknown, f" ({detail})" if detail else "",
+        )

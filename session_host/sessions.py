@@ -1,0 +1,240 @@
+"""One account's WhatsApp session as the host keeps it: start from stored credentials, follow the
+client's events, write the status for the API, save the credentials whenever they change.
+
+A session's ``ready`` event is set while it is connected and sending is not paused; the account's
+sender waits on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from infra import layout
+from infra.documents import SessionState, SessionStatus, utcnow
+from infra.settings import HostSettings
+from session_host.storage import Storage
+from session_host.whatsapp import (
+    AuthChanged,
+    Connected,
+    Disconnected,
+    Event,
+    LoggedOut,
+    PairCode,
+    QrCode,
+    QrExpired,
+    StreamReplaced,
+    TemporaryBan,
+    WhatsAppBackend,
+    WhatsAppClient,
+)
+
+logger = logging.getLogger(__name__)
+
+ACTIVE_STATES = frozenset({"starting", "qr", "connected", "reconnecting", "paused"})
+
+
+class Session:
+    def __init__(
+        self, user_id: str, backend: WhatsAppBackend, storage: Storage, settings: HostSettings
+    ) -> None:
+        self.user_id = user_id
+        self.backend = backend
+        self.storage = storage
+        self.settings = settings
+        self.status = SessionStatus(userId=user_id, state="disconnected", backend=backend.name, host=settings.id)
+        self.ready = asyncio.Event()
+        self.client: WhatsAppClient | None = None
+        self.auth_path = Path(settings.work_dir) / user_id / "auth.db"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._saved_digest: str | None = None
+        self._connected = False
+        self._paused_until = 0.0
+        self._started_at = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.client is not None and self.status.state in ACTIVE_STATES
+
+    async def start(self) -> None:
+        """Connect: with the stored credentials if there are any, else by showing QR codes."""
+        if self.active:
+            return
+        paired = await self._restore_auth()
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()  # one per client: a closed one's late events stay out
+        self.client = self.backend.new_client(
+            self.user_id, str(self.auth_path), lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+        )
+        self._started_at = time.monotonic()
+        await self._set("starting", paired=paired, detail=None, qr=None, qrExpiresAt=None, pairCode=None)
+        logger.info("user=%s session starting (%s)", self.user_id, "stored credentials" if paired else "new pairing")
+        self._tasks = [
+            asyncio.create_task(self._follow_events(events), name=f"events-{self.user_id}"),
+            asyncio.create_task(self._save_periodically(), name=f"autosave-{self.user_id}"),
+        ]
+        await self.client.start()
+
+    async def stop(self, state: SessionState = "disconnected", detail: str | None = None) -> None:
+        """Close the connection and keep the credentials (saved once more first)."""
+        if self.client is not None and self._connected:
+            await self.save_auth()
+        await self._close()
+        await self._set(state, detail=detail, qr=None, qrExpiresAt=None, pairCode=None)
+        logger.info("user=%s session stopped: %s", self.user_id, state)
+
+    async def logout(self) -> None:
+        """Unlink the device and delete the credentials everywhere."""
+        if self.client is not None:
+            try:
+                await self.client.logout()
+            except Exception:
+                logger.exception("user=%s logout at WhatsApp failed; forgetting the credentials anyway", self.user_id)
+        await self._forget("logged out through the API")
+
+    async def pair_phone(self, phone: str) -> None:
+        if self.client is None or self.status.state not in ("starting", "qr"):
+            await self.start()
+        assert self.client is not None
+        code = await self.client.pair_phone(phone)
+        await self._set(self.status.state, pairCode=code)
+
+    async def save_auth(self) -> None:
+        """Store the credentials if they changed since the last save."""
+        if self.client is None:
+            return
+        blob = await self.client.export_auth()
+        if blob is None:
+            return
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest == self._saved_digest:
+            return
+        await self.storage.put(layout.session_auth(self.user_id), blob)
+        self._saved_digest = digest
+        logger.info("user=%s credentials saved (%d bytes)", self.user_id, len(blob))
+
+    def pause(self, seconds: float, reason: str) -> None:
+        """Hold sending for ``seconds`` (rate limit, temporary ban); the connection stays."""
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+        self.ready.clear()
+        until = utcnow() + dt.timedelta(seconds=seconds)
+        self._schedule(self._set("paused", detail=f"sending paused until {until:%H:%M:%S} UTC: {reason}"))
+        asyncio.get_running_loop().call_later(seconds, lambda: self._schedule(self._resume()))
+        logger.warning("user=%s sending paused for %.0f s: %s", self.user_id, seconds, reason)
+
+    # -- events --------------------------------------------------------------------------------------
+
+    async def _follow_events(self, events: asyncio.Queue[Event]) -> None:
+        while True:
+            event = await events.get()
+            try:
+                await self._handle(event)
+            except Exception:
+                logger.exception("user=%s handling %s failed", self.user_id, type(event).__name__)
+            if self.client is None:  # the event closed the session
+                return
+
+    async def _handle(self, event: Event) -> None:
+        match event:
+            case QrCode(timeout=timeout, index=index, total=total):
+                expires = utcnow() + dt.timedelta(seconds=timeout)
+                await self._set("qr", qr=event.code, qrExpiresAt=expires, detail=f"QR code {index} of {total}")
+                logger.info("user=%s QR code %d of %d shown", self.user_id, index, total)
+            case QrExpired():
+                await self._close()
+                await self._set("qr_expired", qr=None, qrExpiresAt=None, pairCode=None,
+                                detail="nobody scanned the QR code in time; open /connect again for new codes")
+                logger.info("user=%s QR codes expired unscanned", self.user_id)
+            case PairCode(code=code):
+                await self._set(self.status.state, pairCode=code)
+            case Connected(jid=jid):
+                self._connected = True
+                await self._resume()
+                await self._set("connected", jid=jid, paired=True, qr=None, qrExpiresAt=None, pairCode=None,
+                                detail=None)
+                logger.info("user=%s connected jid=%s after %.1f s", self.user_id, jid, self._elapsed())
+                await self.save_auth()
+            case Disconnected(reason=reason, final=final):
+                self._connected = False
+                self.ready.clear()
+                if final:
+                    await self._close()
+                await self._set("failed" if final else "reconnecting", detail=reason)
+                logger.warning("user=%s connection lost: %s", self.user_id, reason)
+            case LoggedOut(reason=reason):
+                await self._forget(reason)
+            case StreamReplaced():
+                await self._close()
+                await self._set("disconnected", detail="another connection took this session over; "
+                                "not reconnecting (open /connect to take it back)")
+                logger.warning("user=%s stream replaced by another connection", self.user_id)
+            case TemporaryBan(reason=reason, expires_in=expires_in):
+                self.pause(expires_in, f"temporary ban: {reason}")
+            case AuthChanged():
+                await self.save_auth()
+
+    async def _forget(self, reason: str) -> None:
+        """The pairing is gone: delete the credentials so the next connect shows a fresh QR."""
+        await self._close()
+        await self.storage.delete(layout.session_auth(self.user_id))
+        self.auth_path.unlink(missing_ok=True)
+        self._saved_digest = None
+        await self._set("logged_out", paired=False, jid=None, qr=None, qrExpiresAt=None, pairCode=None,
+                        detail=reason)
+        logger.warning("user=%s logged out: %s; credentials deleted", self.user_id, reason)
+
+    async def _resume(self) -> None:
+        if not self._connected or time.monotonic() < self._paused_until:
+            return
+        self.ready.set()
+        if self.status.state == "paused":
+            await self._set("connected", detail=None)
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    async def _restore_auth(self) -> bool:
+        blob = await self.storage.get_bytes(layout.session_auth(self.user_id))
+        self.auth_path.parent.mkdir(parents=True, exist_ok=True)
+        if blob is None:
+            self.auth_path.unlink(missing_ok=True)
+            return False
+        self.auth_path.write_bytes(blob)
+        self._saved_digest = hashlib.sha256(blob).hexdigest()
+        return True
+
+    async def _close(self) -> None:
+        self._connected = False
+        self.ready.clear()
+        client, self.client = self.client, None
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        if client is not None:
+            await client.stop()
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.auth_save_interval)
+            try:
+                await self.save_auth()
+            except Exception:
+                logger.exception("user=%s periodic credentials save failed", self.user_id)
+
+    async def _set(self, state: SessionState, **changes: Any) -> None:
+        self.status = msgspec.structs.replace(self.status, state=state, updatedAt=utcnow(), **changes)
+        await self.storage.write_safely(layout.session_status(self.user_id), self.status)
+
+    def _schedule(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self._started_at
