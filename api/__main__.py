@@ -18,8 +18,9 @@ def main() -> int:
     except SettingsError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 2
-    Server("api.app:create_app", address=settings.api.host, port=settings.api.port,
-           interface=Interfaces.ASGI, factory=True).serve()
+    Server(
+        "api.app:create_app", address=settings.api.host, port=settings.api.port, interface=Interfaces.ASGI, factory=True
+    ).serve()
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from litestar import Litestar, get
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 
 from api.errors import EXCEPTION_HANDLERS
@@ -23,13 +23,13 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 @get("/healthz", sync_to_thread=True)
-def health(store: ObjectStore) -> dict[str, str]:
+def health(store: NamedDependency[ObjectStore]) -> dict[str, str]:
     """Ready when the store answers."""
     store.check()
     return {"status": "ok"}
 
 
-def create_app(settings: Settings | None = None, store: ObjectStore | None = None) -> Litestar:
+def create_app(settings: Settings | None = None, store: NamedDependency[ObjectStore] | None = None) -> Litestar:
     """Build the app; settings and the store come from the environment unless given."""
     if settings is None:
         setup_logging()

@@ -89,9 +89,7 @@ def from_msgspec(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiError
 
 def problem_response(status: int, title: str, detail: str, errors: list[FieldError] | None = None) -> Response[bytes]:
     problem = Problem(title=title, status=status, detail=detail, error=detail, errors=errors or [])
-    return Response(
-        content=msgspec.json.encode(problem), status_code=status, media_type="application/problem+json"
-    )
+    return Response(content=msgspec.json.encode(problem), status_code=status, media_type="application/problem+json")
 
 
 def handle_api_error(_: Request, exc: ApiError) -> Response[bytes]:
@@ -116,8 +114,14 @@ def handle_unexpected(request: Request, exc: Exception) -> Response[bytes]:
 
 
 def _title(status: int) -> str:
-    return {400: "Invalid request", 404: "Not found", 405: "Method not allowed", 413: "Request too large",
-            415: "Unsupported media type", 429: "Too many requests"}.get(status, "Error")
+    return {
+        400: "Invalid request",
+        404: "Not found",
+        405: "Method not allowed",
+        413: "Request too large",
+        415: "Unsupported media type",
+        429: "Too many requests",
+    }.get(status, "Error")
 
 
 EXCEPTION_HANDLERS = {

@@ -9,6 +9,8 @@ from __future__ import annotations
 from html import escape
 
 from litestar import Controller, MediaType, Response, get
+from litestar.di import NamedDependency
+from litestar.params import FromQuery
 
 from api.requests import check_user_id
 from api.service import read_status
@@ -89,9 +91,9 @@ def _page(title: str, user_id: str, body: str, *, script: str = "", qr: str = ""
     html = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{escape(title)} · zapgate</title><style>{_STYLE}</style>
-{'<noscript><meta http-equiv="refresh" content="5"></noscript>' if script else ''}</head>
+{'<noscript><meta http-equiv="refresh" content="5"></noscript>' if script else ""}</head>
 <body data-user="{escape(user_id)}" data-qr="{escape(qr)}"><main>{body}</main>
-{f'<script>const WORDS = {_words_js()};{script}</script>' if script else ''}</body></html>"""
+{f"<script>const WORDS = {_words_js()};{script}</script>" if script else ""}</body></html>"""
     return Response(html, media_type=MediaType.HTML, headers={"Cache-Control": "no-store"})
 
 
@@ -104,35 +106,43 @@ def _words_js() -> str:
 def _state_block(status: SessionStatus | None) -> str:
     state = status.state if status else "disconnected"
     detail = (status.detail if status else "This account has never been connected.") or ""
-    sim = '<p><span class="sim">SIMULATED WhatsApp: no real message leaves</span></p>' if (
-        status and status.backend == "simulated") else ""
+    sim = (
+        '<p><span class="sim">SIMULATED WhatsApp: no real message leaves</span></p>'
+        if (status and status.backend == "simulated")
+        else ""
+    )
     jid = f"<p class='muted'>Number: {escape(status.jid)}</p>" if status and status.jid else ""
-    return (f"{sim}<p id='state' class='state state-{escape(state)}'>{escape(STATE_WORDS.get(state, state))}</p>"
-            f"<p id='detail' class='muted'>{escape(detail)}</p>{jid}")
+    return (
+        f"{sim}<p id='state' class='state state-{escape(state)}'>{escape(STATE_WORDS.get(state, state))}</p>"
+        f"<p id='detail' class='muted'>{escape(detail)}</p>{jid}"
+    )
 
 
 class PageController(Controller):
     @get("/", sync_to_thread=True)
-    def status_page(self, store: ObjectStore, userId: str | None = None) -> Response[str]:  # noqa: N803
+    def status_page(self, store: NamedDependency[ObjectStore], userId: FromQuery[str | None] = None) -> Response[str]:
         """Is this account connected?"""
         user_id = check_user_id(userId)
         status = read_status(store, user_id)
-        link = "" if status and status.connected else (
-            f"<a class='button' href='/connect?userId={escape(user_id)}'>Connect</a>")
+        link = (
+            ""
+            if status and status.connected
+            else (f"<a class='button' href='/connect?userId={escape(user_id)}'>Connect</a>")
+        )
         body = f"<h1>WhatsApp account <code>{escape(user_id)}</code></h1>{_state_block(status)}{link}"
         return _page(f"{user_id} status", user_id, body)
 
     @get("/connect", sync_to_thread=True)
-    def connect_page(self, store: ObjectStore, userId: str | None = None) -> Response[str]:  # noqa: N803
+    def connect_page(self, store: NamedDependency[ObjectStore], userId: FromQuery[str | None] = None) -> Response[str]:
         """Start the session if needed and show its QR code, following it as it rotates."""
         user_id = check_user_id(userId)
         status = ensure_started(store, user_id)
         qr = status.qr if status and has_qr(status) else ""
         src = f"/sessions/{escape(user_id)}/qr.svg" if qr else ""
         body = f"""<h1>Connect <code>{escape(user_id)}</code></h1>{_state_block(status)}
-<img id="qr" alt="QR code to scan with WhatsApp" src="{src}" {'' if qr else 'hidden'}>
+<img id="qr" alt="QR code to scan with WhatsApp" src="{src}" {"" if qr else "hidden"}>
 <p id="expires" class="muted"></p>
-<form id="pair" {'' if qr else 'hidden'}><p class="muted">No camera? Pair with your phone number instead:</p>
+<form id="pair" {"" if qr else "hidden"}><p class="muted">No camera? Pair with your phone number instead:</p>
 <input id="phone" name="phone" placeholder="5511999999999" inputmode="tel" required>
 <button type="submit">Get a pairing code</button></form><p id="code" style="font-size:1.6rem"></p>"""
         return _page(f"connect {user_id}", user_id, body, script=_SCRIPT, qr=qr)

@@ -79,5 +79,6 @@ def read_job_state(store: ObjectStore, job_id: str) -> JobState:
 
 
 def _rejected_state(job_id: str, reason: str, when: dt.datetime | None = None) -> JobState:
-    return JobState(jobId=job_id, userId="", kind="", status="rejected", totals=Totals(), results=[],
-                    detail=reason, finishedAt=when)
+    return JobState(
+        jobId=job_id, userId="", kind="", status="rejected", totals=Totals(), results=[], detail=reason, finishedAt=when
+    )

@@ -8,6 +8,8 @@ import msgspec
 import qrcode
 import qrcode.image.svg
 from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, RawBody
 
 from api.errors import InvalidField, NotFoundError
 from api.requests import PairPhoneRequest, UserRequest, check_user_id, read_body
@@ -40,18 +42,23 @@ class Done(msgspec.Struct):
 
 def summary(status: SessionStatus) -> SessionSummary:
     return SessionSummary(
-        userId=status.userId, isConnected=status.connected, hasQrCode=has_qr(status), state=status.state,
-        detail=status.detail, jid=status.jid, updatedAt=status.updatedAt.isoformat() if status.updatedAt else None,
+        userId=status.userId,
+        isConnected=status.connected,
+        hasQrCode=has_qr(status),
+        state=status.state,
+        detail=status.detail,
+        jid=status.jid,
+        updatedAt=status.updatedAt.isoformat() if status.updatedAt else None,
     )
 
 
 def has_qr(status: SessionStatus) -> bool:
-    return status.state == "qr" and status.qr is not None and (
-        status.qrExpiresAt is None or status.qrExpiresAt > utcnow()
+    return (
+        status.state == "qr" and status.qr is not None and (status.qrExpiresAt is None or status.qrExpiresAt > utcnow())
     )
 
 
-def ensure_started(store: ObjectStore, user_id: str) -> SessionStatus | None:
+def ensure_started(store: NamedDependency[ObjectStore], user_id: str) -> SessionStatus | None:
     """Ask the host to start the session unless it is already at work on it."""
     status = read_status(store, user_id)
     if status is None or status.state not in BUSY_STATES:
@@ -61,12 +68,12 @@ def ensure_started(store: ObjectStore, user_id: str) -> SessionStatus | None:
 
 class SessionController(Controller):
     @get("/sessions", sync_to_thread=True)
-    def list_sessions(self, store: ObjectStore) -> list[SessionSummary]:
+    def list_sessions(self, store: NamedDependency[ObjectStore]) -> list[SessionSummary]:
         """Every account the host has a status for."""
         return [summary(status) for status in list_statuses(store)]
 
     @get("/sessions/{user_id:str}", sync_to_thread=True)
-    def get_session(self, user_id: str, store: ObjectStore) -> SessionStatus:
+    def get_session(self, user_id: FromPath[str], store: NamedDependency[ObjectStore]) -> SessionStatus:
         """One account's full status, with the current QR payload while one is showing."""
         check_user_id(user_id)
         status = read_status(store, user_id)
@@ -77,18 +84,24 @@ class SessionController(Controller):
         return status
 
     @get("/sessions/{user_id:str}/qr.svg", sync_to_thread=True, media_type="image/svg+xml")
-    def get_qr_svg(self, user_id: str, store: ObjectStore) -> Response[bytes]:
+    def get_qr_svg(self, user_id: FromPath[str], store: NamedDependency[ObjectStore]) -> Response[bytes]:
         """The current QR code as SVG."""
         image = qrcode.make(_current_qr(store, user_id), image_factory=qrcode.image.svg.SvgPathImage, box_size=12)
         return _image(image, "image/svg+xml")
 
     @get("/sessions/{user_id:str}/qr.png", sync_to_thread=True, media_type="image/png")
-    def get_qr_png(self, user_id: str, store: ObjectStore) -> Response[bytes]:
+    def get_qr_png(self, user_id: FromPath[str], store: NamedDependency[ObjectStore]) -> Response[bytes]:
         """The current QR code as PNG."""
         return _image(qrcode.make(_current_qr(store, user_id), box_size=8, border=2), "image/png")
 
     @post("/sessions/{user_id:str}/pair-phone", status_code=202, sync_to_thread=True)
-    def pair_by_phone(self, user_id: str, body: bytes, store: ObjectStore, settings: Settings) -> Done:
+    def pair_by_phone(
+        self,
+        user_id: FromPath[str],
+        body: RawBody,
+        store: NamedDependency[ObjectStore],
+        settings: NamedDependency[Settings],
+    ) -> Done:
         """Pair by a code typed on the phone instead of the QR; the code appears in the status."""
         check_user_id(user_id)
         request = read_body(body, PairPhoneRequest, with_user=False)
@@ -100,21 +113,21 @@ class SessionController(Controller):
         return Done(success=True, message=f"pairing code requested; it appears in /sessions/{user_id}")
 
     @post("/disconnect", status_code=200, sync_to_thread=True)
-    def disconnect(self, body: bytes, store: ObjectStore) -> Done:
+    def disconnect(self, body: RawBody, store: NamedDependency[ObjectStore]) -> Done:
         """Close the account's connection and keep its pairing."""
         request = read_body(body, UserRequest)
         send_command(store, request.userId, Disconnect(issuedAt=utcnow()))
         return Done(success=True, message=f"{request.userId} is being disconnected; the pairing is kept")
 
     @post("/logout", status_code=200, sync_to_thread=True)
-    def logout(self, body: bytes, store: ObjectStore) -> Done:
+    def logout(self, body: RawBody, store: NamedDependency[ObjectStore]) -> Done:
         """Unlink the device from the account and delete its stored credentials."""
         request = read_body(body, UserRequest)
         send_command(store, request.userId, Logout(issuedAt=utcnow()))
         return Done(success=True, message=f"{request.userId} is being logged out; the next connect shows a new QR")
 
 
-def _current_qr(store: ObjectStore, user_id: str) -> str:
+def _current_qr(store: NamedDependency[ObjectStore], user_id: str) -> str:
     check_user_id(user_id)
     status = read_status(store, user_id)
     if status is None or not has_qr(status):

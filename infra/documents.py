@@ -82,9 +82,7 @@ class Job(Input, frozen=True):
         return "3EB0" + digest[:20].upper()
 
 
-RecipientStatus = Literal[
-    "pending", "sent", "not_on_whatsapp", "failed", "duplicate", "skipped", "unknown"
-]
+RecipientStatus = Literal["pending", "sent", "not_on_whatsapp", "failed", "duplicate", "skipped", "unknown"]
 JobStatus = Literal["queued", "running", "waiting", "done", "failed", "cancelled", "rejected"]
 FINAL_JOB_STATUSES = frozenset({"done", "failed", "cancelled", "rejected"})
 

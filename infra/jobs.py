@@ -61,8 +61,14 @@ def initial_state(job: Job) -> JobState:
         seen.add(recipient.number)
         results.append(result)
     state = JobState(
-        jobId=job.jobId, userId=job.userId, kind=job.kind, status="queued", totals=Totals(),
-        results=results, submittedAt=job.submittedAt, updatedAt=utcnow(),
+        jobId=job.jobId,
+        userId=job.userId,
+        kind=job.kind,
+        status="queued",
+        totals=Totals(),
+        results=results,
+        submittedAt=job.submittedAt,
+        updatedAt=utcnow(),
     )
     state.count()
     return state

@@ -26,8 +26,10 @@ def main() -> int:
         logger.error("cannot start: %s", exc)
         return 2
     if settings.whatsapp.backend == "simulated":
-        logger.warning("*** SIMULATED WhatsApp (ZAPGATE_WHATSAPP_BACKEND=simulated, dir %s): no real message "
-                       "leaves this host ***", settings.whatsapp.simulator_dir)
+        logger.warning(
+            "*** SIMULATED WhatsApp (ZAPGATE_WHATSAPP_BACKEND=simulated, dir %s): no real message leaves this host ***",
+            settings.whatsapp.simulator_dir,
+        )
     backend = open_backend(settings.whatsapp.backend, settings.whatsapp.simulator_dir)
     setup_logging()  # neonize reconfigures the root logger when it is imported
     asyncio.run(_serve(Host(settings, store, backend)))

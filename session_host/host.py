@@ -9,6 +9,7 @@ serve only the accounts they hold; ``_serves`` is where that check goes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -58,8 +59,9 @@ class Host:
 
     async def run(self) -> None:
         started = time.monotonic()
-        logger.info("host=%s serving store=%r whatsapp=%s", self.settings.host.id, self.storage.store,
-                    self.backend.name)
+        logger.info(
+            "host=%s serving store=%r whatsapp=%s", self.settings.host.id, self.storage.store, self.backend.name
+        )
         await self._restore()
         while not self._stopping.is_set():
             try:
@@ -67,13 +69,16 @@ class Host:
                 await self._poll_inbox()
             except StoreError as exc:
                 logger.warning("store unavailable, polling again shortly: %s", exc)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.settings.host.poll_interval)
-            except TimeoutError:
-                pass
         await self._shutdown()
-        logger.info("host=%s stopped after %.0f s: %d sessions, %d jobs accepted", self.settings.host.id,
-                    time.monotonic() - started, len(self.sessions), self._jobs_accepted)
+        logger.info(
+            "host=%s stopped after %.0f s: %d sessions, %d jobs accepted",
+            self.settings.host.id,
+            time.monotonic() - started,
+            len(self.sessions),
+            self._jobs_accepted,
+        )
 
     # -- start-up ------------------------------------------------------------------------------------
 
@@ -140,8 +145,9 @@ class Host:
         if data is None:
             return
         try:
-            job = prepare_job(decode(data, Job), job_id=name.removesuffix(".json"),
-                              default_region=self.settings.default_country)
+            job = prepare_job(
+                decode(data, Job), job_id=name.removesuffix(".json"), default_region=self.settings.default_country
+            )
         except (msgspec.ValidationError, msgspec.DecodeError, InvalidJob) as exc:
             await self._reject(key, name, data, str(exc))
             return
@@ -174,8 +180,9 @@ class Host:
 
     def _sender(self, user_id: str) -> AccountSender:
         if user_id not in self.senders:
-            sender = AccountSender(user_id, self.sessions, self.storage, self.settings.host,
-                                   self.backend.honours_message_ids)
+            sender = AccountSender(
+                user_id, self.sessions, self.storage, self.settings.host, self.backend.honours_message_ids
+            )
             self.senders[user_id] = sender
             task = asyncio.create_task(self._keep_sending(sender), name=f"sender-{user_id}")
             self._sender_tasks.append(task)
@@ -198,7 +205,8 @@ class Host:
         for session in self.sessions.values():
             if session.active:
                 try:
-                    await session.stop("reconnecting", "the session host stopped; it reconnects when the host "
-                                       "starts again")
+                    await session.stop(
+                        "reconnecting", "the session host stopped; it reconnects when the host starts again"
+                    )
                 except Exception:
                     logger.exception("user=%s clean stop failed", session.user_id)

@@ -35,18 +35,21 @@ def sniff_image_type(head: bytes) -> str | None:
 async def fetch_image(url: str, *, max_bytes: int, timeout: float) -> tuple[bytes, str]:
     """Download ``url`` and return its bytes and their real type, or raise MediaError."""
     try:
-        async with asyncio.timeout(timeout), httpx.AsyncClient(timeout=timeout, follow_redirects=True, max_redirects=5) as client:
-            async with client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise MediaError(f"the image URL answered HTTP {response.status_code}")
-                declared = int(response.headers.get("content-length") or 0)
-                if declared > max_bytes:
-                    raise MediaError(f"the image is {declared} bytes, more than the limit of {max_bytes}")
-                data = bytearray()
-                async for chunk in response.aiter_bytes():
-                    data += chunk
-                    if len(data) > max_bytes:
-                        raise MediaError(f"the image is larger than the limit of {max_bytes} bytes")
+        async with (
+            asyncio.timeout(timeout),
+            httpx.AsyncClient(timeout=timeout, follow_redirects=True, max_redirects=5) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise MediaError(f"the image URL answered HTTP {response.status_code}")
+            declared = int(response.headers.get("content-length") or 0)
+            if declared > max_bytes:
+                raise MediaError(f"the image is {declared} bytes, more than the limit of {max_bytes}")
+            data = bytearray()
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > max_bytes:
+                    raise MediaError(f"the image is larger than the limit of {max_bytes} bytes")
     except (httpx.TimeoutException, TimeoutError):
         raise MediaError(f"the image URL did not answer within {timeout:g} s") from None
     except httpx.HTTPError as exc:

@@ -23,6 +23,7 @@ quiet hours or warm-up; a transient failure is retried at most MAX_ATTEMPTS time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -115,8 +116,9 @@ class AccountSender:
             return
         self.runs.append(run)
         self._wakeup.set()
-        logger.info("user=%s job=%s queued: %d recipients (%s)", self.user_id, run.id, len(run.state.results),
-                    run.job.kind)
+        logger.info(
+            "user=%s job=%s queued: %d recipients (%s)", self.user_id, run.id, len(run.state.results), run.job.kind
+        )
 
     async def run(self) -> None:
         while True:
@@ -172,10 +174,8 @@ class AccountSender:
             await self._checkpoint(run)
             logger.info("user=%s job=%s waiting: %s", self.user_id, run.id, reason)
         if session is not None:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(session.ready.wait(), _WAIT_TICK)
-            except TimeoutError:
-                pass
         else:
             await asyncio.sleep(_WAIT_TICK)
 
@@ -242,6 +242,14 @@ class AccountSender:
         totals = run.state.totals
         logger.info(
             "user=%s job=%s %s in %.1f s: sent=%d not_on_whatsapp=%d failed=%d duplicate=%d unknown=%d%s",
-            self.user_id, run.id, status, time.monotonic() - run.started, totals.sent, totals.not_on_whatsapp,
-            totals.failed, totals.duplicate, totals.unknown, f" ({detail})" if detail else "",
+            self.user_id,
+            run.id,
+            status,
+            time.monotonic() - run.started,
+            totals.sent,
+            totals.not_on_whatsapp,
+            totals.failed,
+            totals.duplicate,
+            totals.unknown,
+            f" ({detail})" if detail else "",
         )

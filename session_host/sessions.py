@@ -42,9 +42,7 @@ ACTIVE_STATES = frozenset({"starting", "qr", "connected", "reconnecting", "pause
 
 
 class Session:
-    def __init__(
-        self, user_id: str, backend: WhatsAppBackend, storage: Storage, settings: HostSettings
-    ) -> None:
+    def __init__(self, user_id: str, backend: WhatsAppBackend, storage: Storage, settings: HostSettings) -> None:
         self.user_id = user_id
         self.backend = backend
         self.storage = storage
@@ -149,16 +147,22 @@ class Session:
                 logger.info("user=%s QR code %d of %d shown", self.user_id, index, total)
             case QrExpired():
                 await self._close()
-                await self._set("qr_expired", qr=None, qrExpiresAt=None, pairCode=None,
-                                detail="nobody scanned the QR code in time; open /connect again for new codes")
+                await self._set(
+                    "qr_expired",
+                    qr=None,
+                    qrExpiresAt=None,
+                    pairCode=None,
+                    detail="nobody scanned the QR code in time; open /connect again for new codes",
+                )
                 logger.info("user=%s QR codes expired unscanned", self.user_id)
             case PairCode(code=code):
                 await self._set(self.status.state, pairCode=code)
             case Connected(jid=jid):
                 self._connected = True
                 await self._resume()
-                await self._set("connected", jid=jid, paired=True, qr=None, qrExpiresAt=None, pairCode=None,
-                                detail=None)
+                await self._set(
+                    "connected", jid=jid, paired=True, qr=None, qrExpiresAt=None, pairCode=None, detail=None
+                )
                 logger.info("user=%s connected jid=%s after %.1f s", self.user_id, jid, self._elapsed())
                 await self.save_auth()
             case Disconnected(reason=reason, final=final):
@@ -172,8 +176,11 @@ class Session:
                 await self._forget(reason)
             case StreamReplaced():
                 await self._close()
-                await self._set("disconnected", detail="another connection took this session over; "
-                                "not reconnecting (open /connect to take it back)")
+                await self._set(
+                    "disconnected",
+                    detail="another connection took this session over; "
+                    "not reconnecting (open /connect to take it back)",
+                )
                 logger.warning("user=%s stream replaced by another connection", self.user_id)
             case TemporaryBan(reason=reason, expires_in=expires_in):
                 self.pause(expires_in, f"temporary ban: {reason}")
@@ -186,8 +193,7 @@ class Session:
         await self.storage.delete(layout.session_auth(self.user_id))
         self.auth_path.unlink(missing_ok=True)
         self._saved_digest = None
-        await self._set("logged_out", paired=False, jid=None, qr=None, qrExpiresAt=None, pairCode=None,
-                        detail=reason)
+        await self._set("logged_out", paired=False, jid=None, qr=None, qrExpiresAt=None, pairCode=None, detail=reason)
         logger.warning("user=%s logged out: %s; credentials deleted", self.user_id, reason)
 
     async def _resume(self) -> None:

@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
-import botocore.config
 import httpx
 import pytest
 
@@ -33,8 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def s3_settings() -> S3Settings:
     endpoint = os.environ.get("ZAPGATE_S3_ENDPOINT")
     if not endpoint:
-        pytest.fail("no S3 server: run the tests with `just test` (it starts Ceph RGW), or set "
-                    "ZAPGATE_S3_ENDPOINT, ZAPGATE_S3_ACCESS_KEY and ZAPGATE_S3_SECRET_KEY")
+        pytest.fail(
+            "no S3 server: run the tests with `just test` (it starts Ceph RGW), or set "
+            "ZAPGATE_S3_ENDPOINT, ZAPGATE_S3_ACCESS_KEY and ZAPGATE_S3_SECRET_KEY"
+        )
     return S3Settings(
         endpoint=endpoint,
         region=os.environ.get("ZAPGATE_S3_REGION", "us-east-1"),
@@ -91,8 +91,8 @@ class Process:
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Process:
-        self._log = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.popen = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         return self
 
     def stop(self, sig: int = 15, timeout: float = 20) -> int | None:
@@ -112,8 +112,10 @@ class Process:
 class System:
     """The API under granian and one session host, both real processes, on one store."""
 
-    def __init__(self, tmp: Path, store_url: str, extra_env: dict[str, str]) -> None:
+    def __init__(self, tmp: Path, store: S3Store, extra_env: dict[str, str]) -> None:
         self.tmp = tmp
+        self.store = store
+        store_url = f"s3://{store.bucket}/{store.prefix}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.simulator_dir = tmp / "whatsapp"
@@ -145,8 +147,12 @@ class System:
         raise RuntimeError(f"the API did not come up:\n{self.api.log()}")
 
     def start_host(self, env: dict[str, str] | None = None) -> Process:
-        host = Process(f"host{len(self.hosts)}", [sys.executable, "-m", "session_host"], {**self.env, **(env or {})},
-                       self.tmp / f"host{len(self.hosts)}.log")
+        host = Process(
+            f"host{len(self.hosts)}",
+            [sys.executable, "-m", "session_host"],
+            {**self.env, **(env or {})},
+            self.tmp / f"host{len(self.hosts)}.log",
+        )
         self.hosts.append(host.start())
         return host
 
@@ -171,12 +177,12 @@ def wait_for(predicate: Any, timeout: float = 20, interval: float = 0.1, what: s
 
 
 @pytest.fixture
-def system_factory(tmp_path: Path, bucket: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+def system_factory(tmp_path: Path, s3_store: S3Store, request: pytest.FixtureRequest) -> Iterator[Any]:
     """Start real API + host processes on a fresh prefix of the S3 bucket."""
     systems: list[System] = []
 
     def start(**extra_env: str) -> System:
-        system = System(tmp_path, f"s3://{bucket}/e2e-{secrets.token_hex(6)}", extra_env).start()
+        system = System(tmp_path, s3_store, extra_env).start()
         systems.append(system)
         return system
 

@@ -45,9 +45,7 @@ class S3Store:
             # Ceph RGW 16.2 only matched the ETag without its quotes; AWS and MinIO accept both.
             extra["IfMatch"] = if_match.strip('"')
         with _translated(key):
-            answer = self.client.put_object(
-                Bucket=self.bucket, Key=self.prefix + check_key(key), Body=data, **extra
-            )
+            answer = self.client.put_object(Bucket=self.bucket, Key=self.prefix + check_key(key), Body=data, **extra)
         return str(answer["ETag"]).strip('"')
 
     def delete(self, key: str) -> None:

@@ -74,15 +74,7 @@ class AuthChanged(msgspec.Struct, tag="auth_changed"):
 
 
 Event = (
-    QrCode
-    | QrExpired
-    | PairCode
-    | Connected
-    | Disconnected
-    | LoggedOut
-    | StreamReplaced
-    | TemporaryBan
-    | AuthChanged
+    QrCode | QrExpired | PairCode | Connected | Disconnected | LoggedOut | StreamReplaced | TemporaryBan | AuthChanged
 )
 Emit = Callable[[Event], None]
 
@@ -145,9 +137,7 @@ class WhatsAppClient(Protocol):
 
     async def send_text(self, jid: str, text: str, message_id: str) -> SendReceipt: ...
 
-    async def send_image(
-        self, jid: str, image: bytes, mimetype: str, caption: str, message_id: str
-    ) -> SendReceipt: ...
+    async def send_image(self, jid: str, image: bytes, mimetype: str, caption: str, message_id: str) -> SendReceipt: ...
 
     async def typing(self, jid: str, seconds: float) -> None:
         """Show 'typing…' to ``jid`` for about ``seconds``, then stop."""

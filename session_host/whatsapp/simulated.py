@@ -253,9 +253,7 @@ class SimulatedClient:
     async def send_text(self, jid: str, text: str, message_id: str) -> SendReceipt:
         return self._deliver(jid, text, message_id, None, None)
 
-    async def send_image(
-        self, jid: str, image: bytes, mimetype: str, caption: str, message_id: str
-    ) -> SendReceipt:
+    async def send_image(self, jid: str, image: bytes, mimetype: str, caption: str, message_id: str) -> SendReceipt:
         return self._deliver(jid, caption, message_id, hashlib.sha256(image).hexdigest(), mimetype)
 
     async def typing(self, jid: str, seconds: float) -> None:
@@ -285,8 +283,14 @@ class SimulatedClient:
             raise SendRejected(f"{jid} has no WhatsApp account")
         assert self.jid is not None
         message = Delivered(
-            messageId=message_id, sender=self.user_id, senderJid=self.jid, to=jid, text=text,
-            at=time.time(), imageSha256=image_sha, imageMimetype=mimetype,
+            messageId=message_id,
+            sender=self.user_id,
+            senderJid=self.jid,
+            to=jid,
+            text=text,
+            at=time.time(),
+            imageSha256=image_sha,
+            imageMimetype=mimetype,
         )
         path = self.world.root / "delivered" / f"{message_id}.json"
         try:
@@ -326,8 +330,9 @@ class SimulatedClient:
         timeouts = self.world.qr_timeouts()
         nonce = secrets.token_hex(8)
         for index, timeout in enumerate(timeouts, start=1):
-            self.emit(QrCode(code=f"2@sim-{self.user_id}-{nonce}-{index}", timeout=timeout,
-                             index=index, total=len(timeouts)))
+            self.emit(
+                QrCode(code=f"2@sim-{self.user_id}-{nonce}-{index}", timeout=timeout, index=index, total=len(timeouts))
+            )
             self.showing_qr = True
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
