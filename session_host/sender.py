@@ -142,7 +142,7 @@ class AccountSender:
             return
         result = run.next_pending()
         if result is None:
-            await self._finish(run, "done")
+            await self._finish(run, *_outcome(run))
             return
         session = self.sessions.get(self.user_id)
         if session is None or not session.ready.is_set():
@@ -253,3 +253,12 @@ class AccountSender:
             totals.unknown,
             f" ({detail})" if detail else "",
         )
+
+
+def _outcome(run: JobRun) -> tuple[str, str | None]:
+    """A campaign is done when no one is pending; a single send has failed unless it was sent."""
+    if run.job.kind != "single" or run.state.results[0].status == "sent":
+        return "done", None
+    result = run.state.results[0]
+    reason = "not on WhatsApp" if result.status == "not_on_whatsapp" else result.error or result.status
+    return "failed", f"{result.number}: {reason}"

@@ -1,0 +1,57 @@
+# zapgate's tasks. On a fresh machine run them through ./dev, which installs what they need first.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+python := ".venv/bin/python"
+
+# List the recipes.
+default:
+    @just --list
+
+# The main job: the API on http://127.0.0.1:8000 and the session host, store in ./data, real WhatsApp.
+run:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    export ZAPGATE_STORE="${ZAPGATE_STORE:-./data}"
+    {{python}} -m session_host & host=$!
+    trap 'kill -TERM $host 2>/dev/null; wait $host' EXIT
+    {{python}} -m api
+
+# The same with the simulated WhatsApp, to try it without a phone: `just sim scan USER` pairs.
+demo:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    export ZAPGATE_STORE="${ZAPGATE_STORE:-./data/demo-store}"
+    export ZAPGATE_WHATSAPP_BACKEND=simulated ZAPGATE_WHATSAPP_SIMULATOR_DIR=./data/demo-whatsapp
+    {{python}} -m session_host & host=$!
+    trap 'kill -TERM $host 2>/dev/null; wait $host' EXIT
+    {{python}} -m api
+
+# Drive the demo's simulated WhatsApp: `just sim scan user1`, `just sim delivered`.
+sim *args:
+    {{python}} -m session_host.whatsapp.simulated ./data/demo-whatsapp {{args}}
+
+# The tests, against a real S3 server: Ceph RGW started here, unless ZAPGATE_S3_ENDPOINT names one.
+test *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -z "${ZAPGATE_S3_ENDPOINT:-}" ]; then
+        eval "$(infra/s3server/rgw.sh start)"
+        trap 'infra/s3server/rgw.sh stop' EXIT
+    fi
+    {{python}} -m pytest {{args}}
+
+# The benchmarks, against the same kind of S3 server as the tests.
+bench *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -z "${ZAPGATE_S3_ENDPOINT:-}" ]; then
+        eval "$(infra/s3server/rgw.sh start)"
+        trap 'infra/s3server/rgw.sh stop' EXIT
+    fi
+    {{python}} -m bench {{args}}
+
+# Lint and format check.
+lint:
+    .venv/bin/ruff check .
+    .venv/bin/ruff format --check .
