@@ -4,6 +4,7 @@ process, and the simulated WhatsApp. What arrives is read from the simulated Wha
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 from session_host.whatsapp.simulated import SimulatedWorld
@@ -136,3 +137,58 @@ def test_batches_pause_for_batch_delay(system_factory: Any) -> None:
     # After messages 2 and 4 the batch delay; otherwise a random pause in [0.1, 0.2] s (+ overhead).
     assert gaps[1] >= 1.2 and gaps[3] >= 1.2, gaps
     assert all(0.1 <= gaps[i] < 1.0 for i in (0, 2)), gaps
+
+
+def test_case8_host_killed_and_restarted_restores_every_session(system_factory: Any) -> None:
+    system = system_factory()
+    world = SimulatedWorld(system.simulator_dir)
+    connect(system, world, "u1", "5511977770001")
+    connect(system, world, "u2", "5511977770002")
+    first_host = session(system, "u1")["host"]
+
+    system.hosts[0].stop(sig=9)  # kill -9: no chance to save anything on the way out
+    system.start_host()
+
+    def reconnected(user_id: str) -> bool:
+        status = session(system, user_id)
+        return status["state"] == "connected" and status["host"] != first_host
+
+    wait_for(lambda: reconnected("u1") and reconnected("u2"), what="both sessions back from stored auth")
+    listed = {s["userId"]: s for s in system.http.get("/sessions").json()}
+    assert listed["u1"]["isConnected"] and listed["u2"]["isConnected"]
+    assert "QR code" not in system.hosts[1].log()  # no new pairing was needed
+    answer = system.http.post("/send", json={"userId": "u2", "number": "5511900000001", "message": "de volta"})
+    assert answer.status_code == 202, answer.text
+    assert job_when_final(system, answer.json()["jobId"])["status"] == "done"
+    assert [(m.sender, m.text) for m in world.delivered()] == [("u2", "de volta")]
+
+
+def test_a_job_dropped_straight_into_the_bucket_is_sent_and_a_bad_one_set_aside(system_factory: Any) -> None:
+    system = system_factory()
+    world = SimulatedWorld(system.simulator_dir)
+    connect(system, world, "u1", "5511977770001")
+    system.store.put(
+        "inbox/from-crm-42.json",
+        json.dumps(
+            {
+                "userId": "u1",
+                "message": "Olá [nome]!",
+                "recipients": [{"number": "+55 11 90000-0001", "name": "Ana"}],
+                "antiBanSettings": FAST,
+            }
+        ).encode(),
+    )
+    system.store.put("inbox/broken.json", b'{"userId": "u1", "recipients": "nobody"}')
+    job = job_when_final(system, "from-crm-42")
+    assert job["status"] == "done" and job["results"][0]["number"] == "5511900000001"
+    assert [m.text for m in world.delivered("u1")] == ["Olá Ana!"]
+    rejected = wait_for(
+        lambda: (
+            system.http.get("/jobs/broken").json()["status"] == "rejected" and system.http.get("/jobs/broken").json()
+        ),
+        what="the bad drop to be set aside",
+    )
+    assert "recipients" in rejected["detail"]
+    assert system.store.get("rejected/broken.json").data == b'{"userId": "u1", "recipients": "nobody"}'
+    assert not system.store.exists("inbox/broken.json")
+    assert system.hosts[0].popen is not None and system.hosts[0].popen.poll() is None  # still running
