@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 from litestar import Controller, post
 from litestar.di import NamedDependency
@@ -12,7 +14,6 @@ from api.requests import SendBulkRequest, SendRequest, read_body
 from api.service import new_job_id, read_status, submit_job
 from infra.documents import AntiBanSettings, Job, Recipient, utcnow
 from infra.jobs import InvalidJob, prepare_job
-from infra.numbers import InvalidNumber, normalize_number
 from infra.settings import Settings
 from infra.store import ObjectStore
 
@@ -34,18 +35,18 @@ class MessageController(Controller):
     ) -> Accepted:
         """Send one message. Answers at once with the job to follow; 409 if the account is not connected."""
         request = read_body(body, SendRequest)
-        number = _number("number", request.number, settings)
         job = _prepare(
             Job(
                 userId=request.userId,
                 kind="single",
-                recipients=[Recipient(number=number)],
+                recipients=[Recipient(number=str(request.number))],
                 message=request.message,
                 antiBanSettings=request.antiBanSettings or AntiBanSettings(),
             ),
             settings,
-            {"recipients[0].number": "number"},
+            lambda field: "number" if field.startswith("recipients[") else field,
         )
+        number = job.recipients[0].number
         _require_connected(store, request.userId)
         submit_job(store, job)
         return Accepted(
@@ -70,21 +71,17 @@ class MessageController(Controller):
             raise InvalidField(
                 "contatos", f"holds {len(request.contatos)} contacts; the limit is {settings.api.max_contacts}"
             )
-        recipients = [
-            Recipient(number=_number(f"contatos[{index}].numero", contact.numero, settings), name=contact.nome)
-            for index, contact in enumerate(request.contatos)
-        ]
         job = _prepare(
             Job(
                 userId=request.userId,
                 kind="bulk",
-                recipients=recipients,
+                recipients=[Recipient(number=str(c.numero), name=c.nome) for c in request.contatos],
                 message=request.mensagemBase,
                 imageUrl=request.imagemUrl,
                 antiBanSettings=request.antiBanSettings or AntiBanSettings(),
             ),
             settings,
-            {"message": "mensagemBase", "imageUrl": "imagemUrl"},
+            _bulk_field,
         )
         _require_known(store, request.userId)
         submit_job(store, job)
@@ -93,16 +90,19 @@ class MessageController(Controller):
             jobId=job.jobId or "",
             status="queued",
             statusUrl=f"/jobs/{job.jobId}",
-            total=len(recipients),
-            message=f"{len(recipients)} messages queued",
+            total=len(job.recipients),
+            message=f"{len(job.recipients)} messages queued",
         )
 
 
-def _number(field: str, raw: str | int, settings: NamedDependency[Settings]) -> str:
-    try:
-        return normalize_number(raw, settings.default_country)
-    except InvalidNumber as exc:
-        raise InvalidField(field, f"{str(raw)!r} {exc}") from None
+_BULK_FIELDS = {"message": "mensagemBase", "imageUrl": "imagemUrl"}
+
+
+def _bulk_field(field: str) -> str:
+    """``recipients[3].number`` of the Job is ``contatos[3].numero`` of the request."""
+    if field.startswith("recipients["):
+        return field.replace("recipients[", "contatos[").replace("].number", "].numero")
+    return _BULK_FIELDS.get(field, field)
 
 
 def _require_connected(store: NamedDependency[ObjectStore], user_id: str) -> None:
@@ -120,9 +120,9 @@ def _require_known(store: NamedDependency[ObjectStore], user_id: str) -> None:
         raise NotConnectedError(f"{user_id} is not connected ({state}); open /connect?userId={user_id} first")
 
 
-def _prepare(job: Job, settings: Settings, names: dict[str, str]) -> Job:
-    """The checks the host makes again on accepting the job, with the request's field names."""
+def _prepare(job: Job, settings: Settings, field_name: Callable[[str], str]) -> Job:
+    """The checks the host makes again on accepting the job, reported with the request's field names."""
     try:
         return prepare_job(job, job_id=new_job_id(), default_region=settings.default_country, now=utcnow())
     except InvalidJob as exc:
-        raise InvalidField(names.get(exc.field, exc.field), exc.reason) from None
+        raise InvalidField(field_name(exc.field), exc.reason) from None

@@ -146,6 +146,19 @@ class SimulatedWorld:
 
     # -- what arrived --------------------------------------------------------------------------------
 
+    def record_once(self, message: Delivered) -> bool:
+        """Keep ``message`` unless its id was delivered before (WhatsApp de-duplicates by id)."""
+        path = self.root / "delivered" / f"{message.messageId}.json"
+        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        temp.write_bytes(msgspec.json.encode(message))
+        try:
+            os.link(temp, path)  # atomic and create-only: readers never see half a file
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            temp.unlink()
+
     def delivered(self, user_id: str | None = None) -> list[Delivered]:
         messages = []
         for path in (self.root / "delivered").glob("*.json"):
@@ -292,12 +305,7 @@ class SimulatedClient:
             imageSha256=image_sha,
             imageMimetype=mimetype,
         )
-        path = self.world.root / "delivered" / f"{message_id}.json"
-        try:
-            with open(path, "xb") as file:  # create-only: a message id is delivered once
-                file.write(msgspec.json.encode(message))
-        except FileExistsError:
-            pass
+        self.world.record_once(message)
         fault = self.world._take(f"faults/{self.user_id}/drop_after_send.json")
         if fault is not None:
             self._go_down(fault["down_for"], "connection lost before the server acknowledged")

@@ -1,0 +1,1 @@
+"""zapgate's benchmarks: ``just bench`` (or ``./dev bench``)."""
