@@ -39,6 +39,7 @@ from session_host.whatsapp import (
 logger = logging.getLogger(__name__)
 
 ACTIVE_STATES = frozenset({"starting", "qr", "connected", "reconnecting", "paused"})
+RETRY_BACKOFF = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0)  # seconds before the next try after a failed connect
 
 
 class Session:
@@ -56,6 +57,7 @@ class Session:
         self._connected = False
         self._paused_until = 0.0
         self._started_at = 0.0
+        self._failures = 0
 
     @property
     def active(self) -> bool:
@@ -159,19 +161,26 @@ class Session:
                 await self._set(self.status.state, pairCode=code)
             case Connected(jid=jid):
                 self._connected = True
+                self._failures = 0
                 await self._resume()
                 await self._set(
                     "connected", jid=jid, paired=True, qr=None, qrExpiresAt=None, pairCode=None, detail=None
                 )
                 logger.info("user=%s connected jid=%s after %.1f s", self.user_id, jid, self._elapsed())
                 await self.save_auth()
-            case Disconnected(reason=reason, final=final):
+            case Disconnected(reason=reason, final=False):
                 self._connected = False
                 self.ready.clear()
-                if final:
-                    await self._close()
-                await self._set("failed" if final else "reconnecting", detail=reason)
+                await self._set("reconnecting", detail=reason)
                 logger.warning("user=%s connection lost: %s", self.user_id, reason)
+            case Disconnected(reason=reason, final=True):
+                await self._close()
+                if self.status.paired:
+                    delay = self._retry_later()
+                    await self._set("reconnecting", detail=f"{reason}; trying again in {delay:.0f} s")
+                else:
+                    await self._set("failed", qr=None, qrExpiresAt=None, detail=reason)
+                logger.warning("user=%s connection failed: %s", self.user_id, reason)
             case LoggedOut(reason=reason):
                 await self._forget(reason)
             case StreamReplaced():
@@ -183,7 +192,11 @@ class Session:
                 )
                 logger.warning("user=%s stream replaced by another connection", self.user_id)
             case TemporaryBan(reason=reason, expires_in=expires_in):
-                self.pause(expires_in, f"temporary ban: {reason}")
+                await self._close()  # WhatsApp closed the connection; start again once the ban is over
+                self._retry_later(expires_in)
+                until = utcnow() + dt.timedelta(seconds=expires_in)
+                await self._set("paused", detail=f"temporary ban until {until:%Y-%m-%d %H:%M} UTC: {reason}")
+                logger.warning("user=%s temporarily banned for %.0f s: %s", self.user_id, expires_in, reason)
             case AuthChanged():
                 await self.save_auth()
 
@@ -204,6 +217,18 @@ class Session:
             await self._set("connected", detail=None)
 
     # -- helpers -------------------------------------------------------------------------------------
+
+    def _retry_later(self, delay: float | None = None) -> float:
+        """Start the session again after ``delay``, or after a backoff that grows with each failure."""
+        if delay is None:
+            delay = RETRY_BACKOFF[min(self._failures, len(RETRY_BACKOFF) - 1)]
+            self._failures += 1
+        asyncio.get_running_loop().call_later(delay, lambda: self._schedule(self._start_if_idle()))
+        return delay
+
+    async def _start_if_idle(self) -> None:
+        if self.client is None and self.status.state in ("reconnecting", "paused"):
+            await self.start()
 
     async def _restore_auth(self) -> bool:
         blob = await self.storage.get_bytes(layout.session_auth(self.user_id))

@@ -771,3 +771,26 @@ def test_readable_connect_errors() -> None:
         "failed to upgrade database: unable to open database file: no such file or directory"
     ).startswith("cannot use the credentials file")
     assert readable_connect_error("weird") == "cannot connect to WhatsApp: weird"
+
+
+def test_a_process_that_never_stops_its_clients_still_exits(tmp_path: Path) -> None:
+    # neonize's connect() blocks in a non-daemon thread until stopped; the interpreter would wait
+    # for it forever at exit unless the client is stopped first.
+    script = f"""
+import asyncio, threading
+from session_host.whatsapp.neonize_client import NeonizeClient, load_neonize
+NewClient = load_neonize()
+released = threading.Event()
+def connect(self, proxy_settings=None):
+    worker = threading.Thread(target=released.wait, daemon=False)
+    worker.start()
+    worker.join()
+NewClient.connect = connect
+NewClient.stop = lambda self: released.set()
+client = NeonizeClient("u1", {str(tmp_path / "auth.db")!r}, print)
+asyncio.run(client.start())
+print("started", client.running)
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["started", "True"]
