@@ -192,3 +192,16 @@ def test_a_job_dropped_straight_into_the_bucket_is_sent_and_a_bad_one_set_aside(
     assert system.store.get("rejected/broken.json").data == b'{"userId": "u1", "recipients": "nobody"}'
     assert not system.store.exists("inbox/broken.json")
     assert system.hosts[0].popen is not None and system.hosts[0].popen.poll() is None  # still running
+
+
+def test_sigterm_stops_the_host_cleanly_and_keeps_the_session_for_the_next_start(system_factory: Any) -> None:
+    system = system_factory()
+    world = SimulatedWorld(system.simulator_dir)
+    connect(system, world, "u1", "5511977770001")
+    assert system.hosts[0].stop(sig=15) == 0
+    log = system.hosts[0].log()
+    assert "session stopped: reconnecting" in log and "stopped after" in log
+    status = session(system, "u1")
+    assert status["state"] == "reconnecting" and "host stopped" in status["detail"]
+    system.start_host()
+    wait_for(lambda: session(system, "u1")["state"] == "connected", what="u1 back after a clean restart")
