@@ -7,13 +7,13 @@ from collections.abc import Callable
 import msgspec
 from litestar import Controller, post
 from litestar.di import NamedDependency
-from litestar.params import RawBody
+from litestar.params import FromQuery, RawBody
 
-from api.errors import InvalidField, NotConnectedError
-from api.requests import SendBulkRequest, SendRequest, read_body
+from api.errors import FieldError, InvalidField, NotConnectedError, PayloadTooLarge
+from api.requests import Contact, SendBulkRequest, SendRequest, read_body
 from api.service import new_job_id, read_status, submit_job
 from infra.documents import AntiBanSettings, Job, Recipient, utcnow
-from infra.jobs import InvalidJob, prepare_job
+from infra.jobs import InvalidJob, initial_state, prepare_job, render
 from infra.settings import Settings
 from infra.store import ObjectStore
 
@@ -59,30 +59,28 @@ class MessageController(Controller):
             message=f"message to {number} queued",
         )
 
+    @post("/send-bulk/preview", status_code=200, sync_to_thread=True)
+    def preview_bulk(self, body: RawBody, settings: NamedDependency[Settings], count: FromQuery[int] = 5) -> Preview:
+        """The first rendered messages of a bulk send, checked like the real one; nothing is sent or stored."""
+        job = _bulk_job(read_body(body, SendBulkRequest), settings)
+        state = initial_state(job)
+        shown = [result for result in state.results if result.status == "pending"][: max(1, min(count, 50))]
+        return Preview(
+            total=len(job.recipients),
+            duplicates=state.totals.duplicate,
+            messages=[
+                PreviewMessage(numero=result.number, nome=result.name, text=render(job, result.index))
+                for result in shown
+            ],
+        )
+
     @post("/send-bulk", status_code=202, sync_to_thread=True)
     def send_bulk(
         self, body: RawBody, store: NamedDependency[ObjectStore], settings: NamedDependency[Settings]
     ) -> Accepted:
         """Send one template to a contact list, paced. Answers at once with the job to follow."""
         request = read_body(body, SendBulkRequest)
-        if not request.contatos:
-            raise InvalidField("contatos", "must hold at least one contact")
-        if len(request.contatos) > settings.api.max_contacts:
-            raise InvalidField(
-                "contatos", f"holds {len(request.contatos)} contacts; the limit is {settings.api.max_contacts}"
-            )
-        job = _prepare(
-            Job(
-                userId=request.userId,
-                kind="bulk",
-                recipients=[Recipient(number=str(c.numero), name=c.nome) for c in request.contatos],
-                message=request.mensagemBase,
-                imageUrl=request.imagemUrl,
-                antiBanSettings=request.antiBanSettings or AntiBanSettings(),
-            ),
-            settings,
-            _bulk_field,
-        )
+        job = _bulk_job(request, settings)
         _require_known(store, request.userId)
         submit_job(store, job)
         return Accepted(
@@ -95,7 +93,67 @@ class MessageController(Controller):
         )
 
 
+class PreviewMessage(msgspec.Struct):
+    numero: str
+    nome: str
+    text: str
+
+
+class Preview(msgspec.Struct):
+    total: int
+    duplicates: int
+    messages: list[PreviewMessage]
+
+
+def _bulk_job(request: SendBulkRequest, settings: Settings) -> Job:
+    if not request.contatos:
+        raise InvalidField("contatos", "must hold at least one contact")
+    if len(request.contatos) > settings.api.max_contacts:
+        raise PayloadTooLarge(
+            f"contatos holds {len(request.contatos)} contacts; the limit is {settings.api.max_contacts}",
+            [FieldError("contatos", f"holds more than {settings.api.max_contacts} contacts")],
+        )
+    return _prepare(
+        Job(
+            userId=request.userId,
+            kind="bulk",
+            recipients=[_recipient(index, contact) for index, contact in enumerate(request.contatos)],
+            message=request.mensagemBase,
+            imageUrl=request.imagemUrl,
+            antiBanSettings=request.antiBanSettings or AntiBanSettings(),
+        ),
+        settings,
+        _bulk_field,
+    )
+
+
 _BULK_FIELDS = {"message": "mensagemBase", "imageUrl": "imagemUrl"}
+
+
+def _recipient(index: int, contact: Contact) -> Recipient:
+    """A contact of the request as a Recipient: ``numero``, ``nome`` and the template's other fields."""
+    numero = contact.get("numero")
+    if numero is None or numero == "":
+        raise InvalidField(f"contatos[{index}].numero", "is required")
+    if isinstance(numero, float):
+        raise InvalidField(f"contatos[{index}].numero", "must be text or a whole number")
+    nome = contact.get("nome")
+    if nome is not None and not isinstance(nome, str):
+        raise InvalidField(f"contatos[{index}].nome", "must be text")
+    if not isinstance(numero, str | int) or isinstance(numero, bool):
+        raise InvalidField(f"contatos[{index}].numero", "must be text or a whole number")
+    fields = {}
+    for key, value in contact.items():
+        if key in ("numero", "nome") or value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise InvalidField(f"contatos[{index}].{key}", "must be text or a number")
+        fields[key] = value if isinstance(value, str) else _number_text(value)
+    return Recipient(number=str(numero), name=nome or "", fields=fields)
+
+
+def _number_text(value: int | float) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _bulk_field(field: str) -> str:

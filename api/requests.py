@@ -22,11 +22,9 @@ Message = Annotated[str, msgspec.Meta(max_length=MAX_MESSAGE_CHARS)]
 PhoneNumber = str | int
 
 
-class Contact(msgspec.Struct):
-    """A contact of a bulk send. Fields other than these two are ignored, as the original did."""
-
-    numero: PhoneNumber
-    nome: str = ""
+# A contact of a bulk send: "numero" (required), "nome", and any other field a template may use
+# ("empresa", "cupom"); values are text or numbers.
+Contact = dict[str, Any]  # values are checked one by one, so that an error names the contact's field
 
 
 class SendRequest(Input):

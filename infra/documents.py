@@ -55,8 +55,14 @@ class AntiBanSettings(Input, frozen=True):
 
 
 class Recipient(Input, frozen=True):
+    """``name`` fills ``[nome]``; ``fields`` fill any other placeholder (``[empresa]``, ``[cupom]``)."""
+
     number: str
     name: str = ""
+    fields: dict[str, str] = {}
+
+    def values(self) -> dict[str, str]:
+        return {**self.fields, "nome": self.name} if self.name else dict(self.fields)
 
 
 class Job(Input, frozen=True):

@@ -11,7 +11,8 @@ import re
 
 import msgspec
 
-from infra.documents import Job, JobState, Recipient, RecipientResult, Totals, utcnow
+from infra import templates
+from infra.documents import Job, JobState, RecipientResult, Totals, utcnow
 from infra.numbers import InvalidNumber, normalize_number
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -41,7 +42,9 @@ def prepare_job(job: Job, *, job_id: str, default_region: str | None, now: dt.da
             number = normalize_number(recipient.number, default_region)
         except InvalidNumber as exc:
             raise InvalidJob(f"recipients[{index}].number", f"{recipient.number!r} {exc}") from None
-        recipients.append(Recipient(number=number, name=recipient.name))
+        recipients.append(msgspec.structs.replace(recipient, number=number))
+    for missing in templates.missing_fields(job.message, [recipient.values() for recipient in recipients]):
+        raise InvalidJob("message", _missing_reason(missing))
     return msgspec.structs.replace(
         job, jobId=job_id, recipients=recipients, submittedAt=job.submittedAt or now or utcnow()
     )
@@ -74,6 +77,15 @@ def initial_state(job: Job) -> JobState:
     return state
 
 
-def render(template: str, recipient: Recipient) -> str:
-    """The original's one placeholder: ``[nome]`` becomes the contact's name."""
-    return template.replace("[nome]", recipient.name)
+def render(job: Job, index: int) -> str:
+    """The message for recipient ``index``: its placeholders filled, its variations picked."""
+    return templates.render(job.message, job.recipients[index].values(), seed=job.message_id(index))
+
+
+def _missing_reason(missing: templates.MissingField) -> str:
+    shown = ", ".join(str(position) for position in missing.positions[:20])
+    more = f" and {len(missing.positions) - 20} more" if len(missing.positions) > 20 else ""
+    return (
+        f"[{missing.field}] has no value for the contacts at positions {shown}{more}; "
+        f"give every contact a {missing.field!r} or write [{missing.field}|fallback text]"
+    )

@@ -216,8 +216,7 @@ class AccountSender:
         await self._checkpoint(run)
 
     async def _send(self, run: JobRun, result: RecipientResult, client: WhatsAppClient) -> None:
-        recipient = run.job.recipients[result.index]
-        text = render(run.job.message, recipient)
+        text = render(run.job, result.index)
         assert result.jid is not None
         if run.image is not None:
             image, mimetype = run.image

@@ -55,7 +55,7 @@ def test_case3_not_on_whatsapp_gets_nothing_and_costs_no_pause(s3_store: S3Store
             assert state.results[1].sentAt is not None and state.startedAt is not None
             assert (state.results[1].sentAt - state.startedAt).total_seconds() < 1.0
 
-            single = await h.submit("user1", [("", "5511900000099")], kind="single")
+            single = await h.submit("user1", [("", "5511900000099")], message="oi", kind="single")
             state = await h.final(single)
             assert state.status == "failed" and state.totals.not_on_whatsapp == 1
             assert "not on WhatsApp" in (state.detail or "")
