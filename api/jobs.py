@@ -1,24 +1,93 @@
-"""``GET /jobs/{jobId}``: a job's status, totals and per-recipient results."""
+"""Jobs: one job's status and results, its report as CSV, pause/resume/cancel, an account's list."""
 
 from __future__ import annotations
 
-from litestar import Controller, get
-from litestar.di import NamedDependency
-from litestar.params import FromPath
+import csv
+import io
+from typing import Annotated, Literal
 
-from api.errors import InvalidField
-from api.service import read_job_state
-from infra.documents import JobState
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, Parameter
+
+from api.errors import ApiError, InvalidField
+from api.requests import check_user_id
+from api.service import list_jobs, read_job_state, send_command
+from infra.documents import FINAL_JOB_STATUSES, ControlJob, JobState, utcnow
 from infra.jobs import JOB_ID
 from infra.store import ObjectStore
+
+Offset = Annotated[int, Parameter(ge=0, description="the first recipient's position")]
+Limit = Annotated[int, Parameter(ge=0, le=10_000, description="how many per-recipient results")]
+
+
+class JobFinished(ApiError):
+    status = 409
+    title = "Job finished"
+
+
+class Controlled(msgspec.Struct):
+    success: bool
+    jobId: str
+    action: str
+    message: str
 
 
 class JobController(Controller):
     path = "/jobs"
 
+    @get("/", sync_to_thread=True)
+    def list_account_jobs(
+        self,
+        store: NamedDependency[ObjectStore],
+        userId: FromQuery[str | None] = None,
+        limit: Limit = 20,
+    ) -> list[JobState]:
+        """An account's jobs, newest first, without their per-recipient results."""
+        return list_jobs(store, check_user_id(userId), limit)
+
     @get("/{job_id:str}", sync_to_thread=True)
-    def get_job(self, job_id: FromPath[str], store: NamedDependency[ObjectStore]) -> JobState:
-        """The job as the host last wrote it (``queued`` while it waits in the inbox)."""
-        if not JOB_ID.match(job_id):
-            raise InvalidField("jobId", "is not a job id")
-        return read_job_state(store, job_id)
+    def get_job(
+        self, job_id: FromPath[str], store: NamedDependency[ObjectStore], offset: Offset = 0, limit: Limit = 1000
+    ) -> JobState:
+        """The job as the host last wrote it (``queued`` while it waits in the inbox), with the
+        per-recipient results from ``offset`` (``limit`` of them)."""
+        return read_job_state(store, _checked(job_id), offset, limit)
+
+    @get("/{job_id:str}/report.csv", sync_to_thread=True, media_type="text/csv")
+    def get_report(self, job_id: FromPath[str], store: NamedDependency[ObjectStore]) -> Response[str]:
+        """Every recipient's outcome as CSV, for a spreadsheet."""
+        state = read_job_state(store, _checked(job_id))
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["position", "number", "name", "status", "jid", "messageId", "attempts", "sentAt", "error"])
+        for r in state.results:
+            sent = r.sentAt.isoformat() if r.sentAt else ""
+            writer.writerow(
+                [r.index, r.number, r.name, r.status, r.jid or "", r.messageId, r.attempts, sent, r.error or ""]
+            )
+        disposition = f'attachment; filename="zapgate-{state.jobId}.csv"'
+        return Response(
+            out.getvalue(), media_type="text/csv; charset=utf-8", headers={"Content-Disposition": disposition}
+        )
+
+    @post("/{job_id:str}/{action:str}", status_code=202, sync_to_thread=True)
+    def control_job(
+        self, job_id: FromPath[str], action: FromPath[str], store: NamedDependency[ObjectStore]
+    ) -> Controlled:
+        """``pause``, ``resume`` or ``cancel`` the job; the host carries it out within a poll interval."""
+        if action not in ("pause", "resume", "cancel"):
+            raise InvalidField("action", "must be pause, resume or cancel")
+        state = read_job_state(store, _checked(job_id), 0, 0)
+        if state.status in FINAL_JOB_STATUSES:
+            raise JobFinished(f"the job is {state.status}; it can no longer be changed")
+        verb: Literal["pause", "resume", "cancel"] = action  # type: ignore[assignment]
+        send_command(store, state.userId, ControlJob(issuedAt=utcnow(), jobId=state.jobId, action=verb))
+        return Controlled(success=True, jobId=state.jobId, action=action, message=f"{action} requested")
+
+
+def _checked(job_id: str) -> str:
+    if not JOB_ID.match(job_id):
+        raise InvalidField("jobId", "is not a job id")
+    return job_id

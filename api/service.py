@@ -21,7 +21,7 @@ from infra.documents import (
     encode,
     utcnow,
 )
-from infra.jobs import initial_state
+from infra.jobs import initial_state, read_state
 from infra.store import NotFound, ObjectStore
 
 
@@ -59,14 +59,18 @@ def submit_job(store: ObjectStore, job: Job) -> None:
     store.put(layout.inbox(job.jobId), encode(job), create_only=True)
 
 
-def read_job_state(store: ObjectStore, job_id: str) -> JobState:
+def read_job_state(store: ObjectStore, job_id: str, offset: int = 0, limit: int | None = None) -> JobState:
     """The job's progress; a job still in the inbox is reported as queued, a rejected one as such."""
     try:
-        return decode(store.get(layout.job_state(job_id)).data, JobState)
+        return read_state(store, job_id, offset, limit)
     except NotFound:
         pass
     try:
-        return initial_state(msgspec.structs.replace(decode(store.get(layout.inbox(job_id)).data, Job), jobId=job_id))
+        job = msgspec.structs.replace(decode(store.get(layout.inbox(job_id)).data, Job), jobId=job_id)
+        state = initial_state(job)
+        end = len(state.results) if limit is None else offset + limit
+        state.results, state.resultsOffset = state.results[offset:end], offset
+        return state
     except NotFound:
         pass
     except (msgspec.ValidationError, msgspec.DecodeError):
@@ -76,6 +80,12 @@ def read_job_state(store: ObjectStore, job_id: str) -> JobState:
     except NotFound:
         raise NotFoundError(f"there is no job {job_id!r}") from None
     return _rejected_state(job_id, rejection.reason, rejection.rejectedAt)
+
+
+def list_jobs(store: ObjectStore, user_id: str, limit: int) -> list[JobState]:
+    """The account's newest jobs first (by id), as summaries without per-recipient results."""
+    ids = sorted((key.rsplit("/", 1)[1] for key in store.list(layout.user_jobs(user_id))), reverse=True)
+    return [read_job_state(store, job_id, 0, 0) for job_id in ids[:limit]]
 
 
 def _rejected_state(job_id: str, reason: str, when: dt.datetime | None = None) -> JobState:

@@ -89,7 +89,7 @@ class Job(Input, frozen=True):
 
 
 RecipientStatus = Literal["pending", "sent", "not_on_whatsapp", "failed", "duplicate", "skipped", "unknown"]
-JobStatus = Literal["queued", "running", "waiting", "done", "failed", "cancelled", "rejected"]
+JobStatus = Literal["queued", "running", "waiting", "paused", "done", "failed", "cancelled", "rejected"]
 FINAL_JOB_STATUSES = frozenset({"done", "failed", "cancelled", "rejected"})
 
 
@@ -116,20 +116,30 @@ class Totals(msgspec.Struct):
     pending: int = 0
 
 
+RESULTS_PER_CHUNK = 500
+
+
 class JobState(msgspec.Struct):
-    """A job's progress, as the host last wrote it."""
+    """A job's progress, as the host last wrote it.
+
+    The per-recipient results are stored apart, ``RESULTS_PER_CHUNK`` to an object
+    (``infra.layout.job_results``), so that a checkpoint rewrites one small chunk and this summary,
+    not the whole list. ``results`` holds them in memory and in the API's answer.
+    """
 
     jobId: str
     userId: str
     kind: str
     status: JobStatus
     totals: Totals
-    results: list[RecipientResult]
+    results: list[RecipientResult] = []
     submittedAt: dt.datetime | None = None
     startedAt: dt.datetime | None = None
     finishedAt: dt.datetime | None = None
     updatedAt: dt.datetime | None = None
+    estimatedEnd: dt.datetime | None = None
     detail: str | None = None
+    resultsOffset: int = 0
 
     def count(self) -> None:
         """Recompute the totals from the per-recipient results."""
@@ -154,6 +164,12 @@ class Connect(msgspec.Struct, tag="connect"):
     issuedAt: dt.datetime
 
 
+class ControlJob(msgspec.Struct, tag="control_job"):
+    issuedAt: dt.datetime
+    jobId: str
+    action: Literal["pause", "resume", "cancel"]
+
+
 class Disconnect(msgspec.Struct, tag="disconnect"):
     issuedAt: dt.datetime
 
@@ -167,7 +183,7 @@ class PairPhone(msgspec.Struct, tag="pair_phone"):
     phone: str
 
 
-SessionCommand = Connect | Disconnect | Logout | PairPhone
+SessionCommand = Connect | Disconnect | Logout | PairPhone | ControlJob
 
 SessionState = Literal[
     "starting",  # the host is opening the connection

@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable
 
 import msgspec
 
-from infra import templates
-from infra.documents import Job, JobState, RecipientResult, Totals, utcnow
+from infra import layout, templates
+from infra.documents import (
+    RESULTS_PER_CHUNK,
+    Job,
+    JobState,
+    RecipientResult,
+    Totals,
+    decode,
+    encode,
+    utcnow,
+)
+from infra.store import ObjectStore
 from infra.numbers import InvalidNumber, normalize_number
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -89,3 +100,43 @@ def _missing_reason(missing: templates.MissingField) -> str:
         f"[{missing.field}] has no value for the contacts at positions {shown}{more}; "
         f"give every contact a {missing.field!r} or write [{missing.field}|fallback text]"
     )
+
+
+# -- job state in the store: a summary and chunks of results -------------------------------------
+
+
+def chunk_of(index: int) -> int:
+    return index // RESULTS_PER_CHUNK
+
+
+def results_chunk(state: JobState, chunk: int) -> list[RecipientResult]:
+    return state.results[chunk * RESULTS_PER_CHUNK : (chunk + 1) * RESULTS_PER_CHUNK]
+
+
+def write_state(store: ObjectStore, state: JobState, chunks: Iterable[int] | None = None) -> None:
+    """Write the given result chunks (all when None), then the summary that counts them."""
+    if chunks is None:
+        chunks = range(chunk_of(max(len(state.results) - 1, 0)) + 1)
+    for chunk in sorted(set(chunks)):
+        store.put(layout.job_results(state.jobId, chunk), encode(results_chunk(state, chunk)))
+    store.put(layout.job_state(state.jobId), encode(msgspec.structs.replace(state, results=[])))
+
+
+def read_state(store: ObjectStore, job_id: str, offset: int = 0, limit: int | None = None) -> JobState:
+    """The summary with the results from ``offset`` (``limit`` of them; all when None).
+
+    Raises NotFound when the host has not accepted the job. The totals are recounted from the
+    results when all of them are read, since the chunks are written before the summary.
+    """
+    state = decode(store.get(layout.job_state(job_id)).data, JobState)
+    total = state.totals.total
+    end = total if limit is None else min(total, offset + limit)
+    results: list[RecipientResult] = []
+    for chunk in range(chunk_of(offset), chunk_of(end - 1) + 1 if end > offset else chunk_of(offset)):
+        results += decode(store.get(layout.job_results(job_id, chunk)).data, list[RecipientResult])
+    skip = offset - chunk_of(offset) * RESULTS_PER_CHUNK
+    state.results = results[skip : skip + (end - offset)]
+    state.resultsOffset = offset
+    if offset == 0 and end == total:
+        state.count()
+    return state

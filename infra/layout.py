@@ -4,7 +4,9 @@
 
     inbox/<jobId>.json                  Job, waiting for the host (the API writes here; so may others)
     jobs/<jobId>/job.json               Job, as the host accepted it (numbers normalised, id fixed)
-    jobs/<jobId>/state.json             JobState: status, totals, per-recipient results
+    jobs/<jobId>/state.json             JobState: status, totals, estimated end
+    jobs/<jobId>/results/<n>.json       the per-recipient results, RESULTS_PER_CHUNK to a chunk
+    users/<userId>/jobs/<jobId>         marker: a job of this account (for listing)
     rejected/<name>                     a bad inbox document, moved aside as it was
     rejected/<name>.reason.json         Rejection: why
     queue/<userId>/<jobId>              marker: an unfinished job of this account
@@ -32,6 +34,18 @@ def job(job_id: str) -> str:
 
 def job_state(job_id: str) -> str:
     return f"jobs/{job_id}/state.json"
+
+
+def job_results(job_id: str, chunk: int) -> str:
+    return f"jobs/{job_id}/results/{chunk:05d}.json"
+
+
+def user_jobs(user_id: str) -> str:
+    return f"users/{user_id}/jobs/"
+
+
+def user_job(user_id: str, job_id: str) -> str:
+    return f"{user_jobs(user_id)}{job_id}"
 
 
 def rejected(name: str) -> str:

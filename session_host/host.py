@@ -18,6 +18,7 @@ import msgspec
 from infra import layout
 from infra.documents import (
     Connect,
+    ControlJob,
     Disconnect,
     Job,
     JobState,
@@ -30,9 +31,9 @@ from infra.documents import (
     encode,
     utcnow,
 )
-from infra.jobs import InvalidJob, initial_state, prepare_job
+from infra.jobs import InvalidJob, initial_state, prepare_job, read_state, write_state
 from infra.settings import Settings
-from infra.store import ObjectStore, PreconditionFailed, StoreError
+from infra.store import NotFound, ObjectStore, PreconditionFailed, StoreError
 from session_host.sender import AccountSender, JobRun
 from session_host.sessions import Session
 from session_host.storage import Storage
@@ -65,8 +66,8 @@ class Host:
         await self._restore()
         while not self._stopping.is_set():
             try:
+                await self._poll_inbox()  # first, so that a command about a new job finds it
                 await self._poll_commands()
-                await self._poll_inbox()
             except StoreError as exc:
                 logger.warning("store unavailable, polling again shortly: %s", exc)
             with contextlib.suppress(TimeoutError):
@@ -96,7 +97,10 @@ class Host:
 
     async def _resume_job(self, user_id: str, job_id: str) -> None:
         job = await self.storage.read(layout.job(job_id), Job)
-        state = await self.storage.read(layout.job_state(job_id), JobState)
+        try:
+            state: JobState | None = await asyncio.to_thread(read_state, self.storage.store, job_id)
+        except NotFound:
+            state = None
         if job is None or state is None:
             logger.warning("user=%s job=%s queue marker without job or state; removing it", user_id, job_id)
             await self.storage.delete(layout.queue_marker(user_id, job_id))
@@ -130,6 +134,8 @@ class Host:
                 await session.logout()
             case PairPhone(phone=phone):
                 await session.pair_phone(phone)
+            case ControlJob(jobId=job_id, action=action):
+                await self._sender(user_id).control(job_id, action)
 
     # -- jobs ----------------------------------------------------------------------------------------
 
@@ -155,11 +161,18 @@ class Host:
         try:
             await self.storage.put(layout.job(job.jobId), encode(job), create_only=True)
             state = initial_state(job)
-            await self.storage.write(layout.job_state(job.jobId), state)
+            await asyncio.to_thread(write_state, self.storage.store, state)
+            await self.storage.put(layout.user_job(job.userId, job.jobId), b"")
             await self.storage.put(layout.queue_marker(job.userId, job.jobId), b"")
-        except PreconditionFailed:
-            state = await self.storage.read(layout.job_state(job.jobId), JobState) or initial_state(job)
+        except PreconditionFailed:  # accepted before, by a host that stopped halfway: carry on from there
             job = await self.storage.read(layout.job(job.jobId), Job) or job
+            try:
+                state = await asyncio.to_thread(read_state, self.storage.store, job.jobId or "")
+            except NotFound:
+                state = initial_state(job)
+                await asyncio.to_thread(write_state, self.storage.store, state)
+            await self.storage.put(layout.user_job(job.userId, job.jobId or ""), b"")
+            await self.storage.put(layout.queue_marker(job.userId, job.jobId or ""), b"")
         await self.storage.delete(key)
         self._jobs_accepted += 1
         if state.status not in ("done", "failed", "cancelled"):

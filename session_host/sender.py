@@ -15,15 +15,18 @@ breaks after a message left (OutcomeUnknown) the recipient stays pending and is 
 the same id once the session is back, which WhatsApp de-duplicates; a backend that cannot pass our
 id reports the recipient as ``unknown`` instead of risking a second message.
 
-Known limits, for the sending-engine issue: the whole state is rewritten at every checkpoint
-(fine for thousands of recipients, quadratic for 100,000); no pause/resume/cancel; no daily cap,
-quiet hours or warm-up; a transient failure is retried at most MAX_ATTEMPTS times.
+A checkpoint writes the job's summary and the one chunk of results that changed
+(``infra.jobs.write_state``), so its cost does not grow with the size of the campaign.
+
+Known limits, for the sending-engine issue: no daily cap, quiet hours or warm-up; a transient
+failure is retried at most MAX_ATTEMPTS times, without a pause of its own between attempts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import random
 import time
@@ -31,7 +34,7 @@ from collections.abc import Callable
 
 from infra import layout
 from infra.documents import FINAL_JOB_STATUSES, AntiBanSettings, Job, JobState, RecipientResult, utcnow
-from infra.jobs import render
+from infra.jobs import chunk_of, render, write_state
 from infra.settings import HostSettings
 from session_host.media import MediaError, fetch_image
 from session_host.sessions import Session
@@ -129,10 +132,31 @@ class AccountSender:
                 continue
             await self._step(run)
 
+    async def control(self, job_id: str, action: str) -> None:
+        """Pause, resume or cancel one of this account's jobs."""
+        run = next((run for run in self.runs if run.id == job_id), None)
+        if run is None or run.finished:
+            logger.info("user=%s job=%s %s ignored: the job is not running here", self.user_id, job_id, action)
+            return
+        if action == "pause":
+            run.state.status, run.state.detail = "paused", "paused through the API"
+            await self._checkpoint(run)
+        elif action == "resume" and run.state.status == "paused":
+            run.state.status, run.state.detail = "queued", None
+            await self._checkpoint(run)
+        elif action == "cancel":
+            for result in run.state.results:
+                if result.status == "pending":
+                    result.status, result.error = "skipped", "the job was cancelled"
+            await self._finish(run, "cancelled", "cancelled through the API", all_results=True)
+        logger.info("user=%s job=%s %s", self.user_id, job_id, action)
+        self._wakeup.set()
+
     def _next_run(self) -> JobRun | None:
         self.runs = [run for run in self.runs if not run.finished]
-        singles = [run for run in self.runs if run.job.kind == "single"]
-        return (singles or self.runs or [None])[0]
+        ready = [run for run in self.runs if run.state.status != "paused"]
+        singles = [run for run in ready if run.job.kind == "single"]
+        return (singles or ready or [None])[0]
 
     # -- one step: prepare, wait, or send to one recipient --------------------------------------------
 
@@ -187,7 +211,7 @@ class AccountSender:
                 jid = (await client.lookup([result.number])).get(result.number)
                 if jid is None:
                     result.status, result.error = "not_on_whatsapp", "this number has no WhatsApp account"
-                    await self._checkpoint(run)
+                    await self._checkpoint(run, result)
                     return
                 result.jid = jid
             if (delay := self.pacer.wait_before(run.job.antiBanSettings)) > 0:
@@ -213,7 +237,7 @@ class AccountSender:
             result.status, result.error = "failed", exc.reason
         if result.status == "pending" and result.attempts >= MAX_ATTEMPTS:
             result.status, result.error = "failed", f"gave up after {result.attempts} attempts: {result.error}"
-        await self._checkpoint(run)
+        await self._checkpoint(run, result)
 
     async def _send(self, run: JobRun, result: RecipientResult, client: WhatsAppClient) -> None:
         text = render(run.job, result.index)
@@ -227,16 +251,30 @@ class AccountSender:
 
     # -- the store -----------------------------------------------------------------------------------
 
-    async def _checkpoint(self, run: JobRun) -> None:
+    async def _checkpoint(self, run: JobRun, changed: RecipientResult | None = None, all_results: bool = False) -> None:
+        """Write the job's summary, with the chunk of results that holds ``changed``."""
         run.state.count()
         run.state.updatedAt = utcnow()
-        await self.storage.write_safely(layout.job_state(run.id), run.state)
+        run.state.estimatedEnd = self._estimated_end(run)
+        chunks = None if all_results else [] if changed is None else [chunk_of(changed.index)]
+        await self.storage.safely(f"job {run.id}", write_state, self.storage.store, run.state, chunks)
 
-    async def _finish(self, run: JobRun, status: str, detail: str | None = None) -> None:
+    def _estimated_end(self, run: JobRun) -> dt.datetime | None:
+        """When the job's last message should leave at its pace, counting only this job."""
+        if run.state.status in FINAL_JOB_STATUSES or run.state.totals.pending == 0:
+            return None
+        settings = run.job.antiBanSettings
+        pending = run.state.totals.pending
+        mean_gap = (settings.randomDelayMin + settings.randomDelayMax) / 2000
+        batches = (run.sent_in_batch + pending) // settings.batchSize - run.sent_in_batch // settings.batchSize
+        seconds = pending * mean_gap + batches * (settings.batchDelayMs / 1000 - mean_gap)
+        return utcnow() + dt.timedelta(seconds=max(0.0, seconds + self.pacer.wait_before(settings)))
+
+    async def _finish(self, run: JobRun, status: str, detail: str | None = None, all_results: bool = False) -> None:
         run.state.status = status  # type: ignore[assignment]
         run.state.detail = detail
         run.state.finishedAt = utcnow()
-        await self._checkpoint(run)
+        await self._checkpoint(run, all_results=all_results)
         await self.storage.delete(layout.queue_marker(self.user_id, run.id))
         totals = run.state.totals
         logger.info(

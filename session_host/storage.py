@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from infra.documents import decode, encode
@@ -46,13 +47,19 @@ class Storage:
     async def write_safely(self, key: str, document: Any) -> None:
         """Write, retrying through store outages until it is done."""
         data = encode(document)
-        for attempt in range(1_000_000):
+        await self.safely(key, self.store.put, key, data)
+
+    async def safely(self, what: str, write: Callable[..., Any], *args: Any) -> None:
+        """Run the blocking ``write(*args)`` in a thread, retrying through store outages until done."""
+        attempt = 0
+        while True:
             try:
-                await self.put(key, data)
+                await asyncio.to_thread(write, *args)
                 return
             except StoreUnavailable as exc:
                 delay = _BACKOFF[min(attempt, len(_BACKOFF) - 1)]
-                logger.warning("store write of %s failed (%s); retrying in %.1f s", key, exc, delay)
+                attempt += 1
+                logger.warning("store write of %s failed (%s); retrying in %.1f s", what, exc, delay)
                 await asyncio.sleep(delay)
 
     async def delete(self, key: str) -> None:
