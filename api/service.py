@@ -50,7 +50,7 @@ def send_command(store: ObjectStore, user_id: str, command: SessionCommand) -> N
 
 
 def new_job_id() -> str:
-    return f"{utcnow():%Y%m%dT%H%M%S}-{secrets.token_hex(6)}"
+    return f"{utcnow():%Y%m%dT%H%M%S%f}-{secrets.token_hex(4)}"  # sorts by time
 
 
 def submit_job(store: ObjectStore, job: Job) -> None:
