@@ -8,6 +8,8 @@ start-up with the name of the variable, not at the first request.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import socket
 from collections.abc import Mapping
@@ -69,6 +71,9 @@ class HostSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     image_max_bytes: int = 16 * 1024 * 1024
     image_timeout: float = 20.0
     qr_timeout: float = 180.0
+    # Encrypts the stored WhatsApp credentials: 32 random bytes in base64 (see session_host/auth.py).
+    auth_key: Secret | None = None
+    auth_key_previous: Secret | None = None  # the key being rotated out: still read, never written
 
 
 class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -136,6 +141,9 @@ def _complete(settings: Settings) -> Settings:
         host = msgspec.structs.replace(host, work_dir=os.path.join(_local_state_dir(), "work"))
     if host.poll_interval <= 0:
         raise SettingsError("ZAPGATE_HOST_POLL_INTERVAL: must be greater than 0")
+    for name in ("auth_key", "auth_key_previous"):
+        if (key := getattr(host, name)) is not None:
+            decode_key(key, f"{PREFIX}HOST_{name.upper()}")
     wa = settings.whatsapp
     if wa.backend == "simulated" and not wa.simulator_dir:
         raise SettingsError(
@@ -145,6 +153,18 @@ def _complete(settings: Settings) -> Settings:
     if settings.store_is_s3 and not settings.store[len("s3://") :].split("/")[0]:
         raise SettingsError("ZAPGATE_STORE: an s3:// URL needs a bucket name, as in s3://zapgate")
     return msgspec.structs.replace(settings, host=host)
+
+
+def decode_key(key: Secret, variable: str) -> bytes:
+    """The 32 bytes of an encryption key given in base64 (standard or URL-safe, padding optional)."""
+    text = key.reveal().strip().replace("-", "+").replace("_", "/")
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise SettingsError(f"{variable}: must be 32 random bytes in base64, as `openssl rand -base64 32` prints")
+    return raw
 
 
 def _local_state_dir() -> str:

@@ -20,6 +20,7 @@ import msgspec
 from infra import layout
 from infra.documents import SessionState, SessionStatus, utcnow
 from infra.settings import HostSettings
+from session_host.auth import CredentialsUnreadable, CredentialVault
 from session_host.storage import Storage
 from session_host.whatsapp import (
     AuthChanged,
@@ -48,6 +49,7 @@ class Session:
         self.backend = backend
         self.storage = storage
         self.settings = settings
+        self.vault = CredentialVault.for_host(storage, settings)
         self.status = SessionStatus(userId=user_id, state="disconnected", backend=backend.name, host=settings.id)
         self.ready = asyncio.Event()
         self.client: WhatsAppClient | None = None
@@ -67,7 +69,10 @@ class Session:
         """Connect: with the stored credentials if there are any, else by showing QR codes."""
         if self.active:
             return
-        paired = await self._restore_auth()
+        try:
+            paired = await self._restore_auth()
+        except CredentialsUnreadable:
+            return  # the status says "failed" and why; no new pairing may overwrite the stored credentials
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()  # one per client: a closed one's late events stay out
         self.client = self.backend.new_client(
@@ -102,7 +107,9 @@ class Session:
     async def pair_phone(self, phone: str) -> None:
         if self.client is None or self.status.state not in ("starting", "qr"):
             await self.start()
-        assert self.client is not None
+        if self.client is None:  # the session could not start; its status says why
+            logger.warning("user=%s pairing by phone code not possible: %s", self.user_id, self.status.detail)
+            return
         code = await self.client.pair_phone(phone)
         await self._set(self.status.state, pairCode=code)
 
@@ -116,9 +123,10 @@ class Session:
         digest = hashlib.sha256(blob).hexdigest()
         if digest == self._saved_digest:
             return
-        await self.storage.put(layout.session_auth(self.user_id), blob)
+        await self.vault.save(self.user_id, blob)
         self._saved_digest = digest
-        logger.info("user=%s credentials saved (%d bytes)", self.user_id, len(blob))
+        encrypted = ", encrypted" if self.vault.encrypts else ""
+        logger.info("user=%s credentials saved (%d bytes%s)", self.user_id, len(blob), encrypted)
 
     def pause(self, seconds: float, reason: str) -> None:
         """Hold sending for ``seconds`` (rate limit, temporary ban); the connection stays."""
@@ -203,7 +211,7 @@ class Session:
     async def _forget(self, reason: str) -> None:
         """The pairing is gone: delete the credentials so the next connect shows a fresh QR."""
         await self._close()
-        await self.storage.delete(layout.session_auth(self.user_id))
+        await self.vault.delete(self.user_id)
         self.auth_path.unlink(missing_ok=True)
         self._saved_digest = None
         await self._set("logged_out", paired=False, jid=None, qr=None, qrExpiresAt=None, pairCode=None, detail=reason)
@@ -231,13 +239,21 @@ class Session:
             await self.start()
 
     async def _restore_auth(self) -> bool:
-        blob = await self.storage.get_bytes(layout.session_auth(self.user_id))
+        """Put the stored credentials where the client reads them; False when there are none.
+
+        Raises CredentialsUnreadable, after setting the status to "failed" with the reason."""
+        try:
+            restored = await self.vault.load(self.user_id)
+        except CredentialsUnreadable as exc:
+            await self._set("failed", paired=True, qr=None, qrExpiresAt=None, pairCode=None, detail=str(exc))
+            logger.error("user=%s cannot read the stored credentials: %s", self.user_id, exc)
+            raise
         self.auth_path.parent.mkdir(parents=True, exist_ok=True)
-        if blob is None:
+        if restored is None:
             self.auth_path.unlink(missing_ok=True)
             return False
-        self.auth_path.write_bytes(blob)
-        self._saved_digest = hashlib.sha256(blob).hexdigest()
+        self.auth_path.write_bytes(restored.blob)
+        self._saved_digest = restored.digest if restored.current else None  # not current: re-written at next save
         return True
 
     async def _close(self) -> None:

@@ -13,12 +13,14 @@ def test_defaults_are_the_embedded_store_and_real_whatsapp() -> None:
 
 
 def test_strings_from_the_environment_are_converted() -> None:
-    settings = load_settings({
-        "ZAPGATE_STORE": "s3://bucket/prefix",
-        "ZAPGATE_HOST_POLL_INTERVAL": "0.25",
-        "ZAPGATE_API_PORT": "9000",
-        "ZAPGATE_S3_SECRET_KEY": "hunter2",
-    })
+    settings = load_settings(
+        {
+            "ZAPGATE_STORE": "s3://bucket/prefix",
+            "ZAPGATE_HOST_POLL_INTERVAL": "0.25",
+            "ZAPGATE_API_PORT": "9000",
+            "ZAPGATE_S3_SECRET_KEY": "hunter2",
+        }
+    )
     assert settings.store_is_s3 and settings.host.poll_interval == 0.25 and settings.api.port == 9000
     assert isinstance(settings.s3.secret_key, Secret) and settings.s3.secret_key.reveal() == "hunter2"
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.s3.secret_key)
