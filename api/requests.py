@@ -32,6 +32,7 @@ class SendRequest(Input):
     number: PhoneNumber
     message: Message
     antiBanSettings: AntiBanSettings | None = None
+    webhookUrl: str | None = None
 
 
 class SendBulkRequest(Input):
@@ -40,6 +41,7 @@ class SendBulkRequest(Input):
     mensagemBase: Message
     imagemUrl: str | None = None
     antiBanSettings: AntiBanSettings | None = None
+    webhookUrl: str | None = None
 
 
 class UserRequest(Input):

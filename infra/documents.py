@@ -45,6 +45,9 @@ class AntiBanSettings(Input, frozen=True):
     randomDelayMax: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 9000
     batchSize: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
     batchDelayMs: Annotated[int, msgspec.Meta(ge=0, le=86_400_000)] = 60000
+    # zapgate's: show "typing…" before each message, for a time that grows with its length,
+    # taken out of the pause before it (never longer than randomDelayMin).
+    typing: bool = True
 
     def __post_init__(self) -> None:
         if self.randomDelayMin > self.randomDelayMax:
@@ -78,6 +81,7 @@ class Job(Input, frozen=True):
     kind: Literal["bulk", "single"] = "bulk"
     jobId: JobId | None = None
     imageUrl: str | None = None
+    webhookUrl: str | None = None
     antiBanSettings: AntiBanSettings = AntiBanSettings()
     submittedAt: dt.datetime | None = None
 
@@ -119,6 +123,20 @@ class Totals(msgspec.Struct):
 RESULTS_PER_CHUNK = 500
 
 
+class WebhookStatus(msgspec.Struct):
+    """How the completion webhook went: delivered, still being tried, or given up."""
+
+    url: str
+    attempts: int = 0
+    deliveredAt: dt.datetime | None = None
+    lastError: str | None = None
+    gaveUp: bool = False
+
+    @property
+    def settled(self) -> bool:
+        return self.deliveredAt is not None or self.gaveUp
+
+
 class JobState(msgspec.Struct):
     """A job's progress, as the host last wrote it.
 
@@ -139,6 +157,7 @@ class JobState(msgspec.Struct):
     updatedAt: dt.datetime | None = None
     estimatedEnd: dt.datetime | None = None
     detail: str | None = None
+    webhook: WebhookStatus | None = None
     resultsOffset: int = 0
 
     def count(self) -> None:

@@ -19,12 +19,13 @@ from infra.documents import (
     JobState,
     RecipientResult,
     Totals,
+    WebhookStatus,
     decode,
     encode,
     utcnow,
 )
-from infra.store import ObjectStore
 from infra.numbers import InvalidNumber, normalize_number
+from infra.store import ObjectStore
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
@@ -45,8 +46,10 @@ def prepare_job(job: Job, *, job_id: str, default_region: str | None, now: dt.da
         raise InvalidJob("jobId", "must be 1-80 letters, digits, '.', '_' or '-', starting with a letter or digit")
     if not job.message.strip() and job.imageUrl is None:
         raise InvalidJob("message", "must not be empty")
-    if job.imageUrl is not None and not job.imageUrl.startswith(("http://", "https://")):
-        raise InvalidJob("imageUrl", "must be an http:// or https:// URL")
+    for field in ("imageUrl", "webhookUrl"):
+        url = getattr(job, field)
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise InvalidJob(field, "must be an http:// or https:// URL")
     recipients = []
     for index, recipient in enumerate(job.recipients):
         try:
@@ -83,6 +86,7 @@ def initial_state(job: Job) -> JobState:
         results=results,
         submittedAt=job.submittedAt,
         updatedAt=utcnow(),
+        webhook=WebhookStatus(url=job.webhookUrl) if job.webhookUrl else None,
     )
     state.count()
     return state

@@ -85,6 +85,7 @@ class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     store: str = "./data"
     default_country: str = "BR"
+    webhook_secret: Secret | None = None
     s3: S3Settings = S3Settings()
     whatsapp: WhatsAppSettings = WhatsAppSettings()
     host: HostSettings = HostSettings()
@@ -108,7 +109,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from ``environ`` (the process environment by default)."""
     env = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
-    for name in ("store", "default_country"):
+    for name in ("store", "default_country", "webhook_secret"):
         if (value := env.get(f"{PREFIX}{name.upper()}")) is not None:
             raw[name] = value
     for section, struct in _SECTIONS.items():

@@ -105,7 +105,11 @@ class Host:
             logger.warning("user=%s job=%s queue marker without job or state; removing it", user_id, job_id)
             await self.storage.delete(layout.queue_marker(user_id, job_id))
             return
-        self._sender(user_id).add(JobRun(job, state))
+        run = JobRun(job, state)
+        if run.finished:  # ended before the host stopped; only its webhook was still owed
+            self._sender(user_id).notify(run)
+        else:
+            self._sender(user_id).add(run)
 
     # -- commands ------------------------------------------------------------------------------------
 
@@ -194,7 +198,12 @@ class Host:
     def _sender(self, user_id: str) -> AccountSender:
         if user_id not in self.senders:
             sender = AccountSender(
-                user_id, self.sessions, self.storage, self.settings.host, self.backend.honours_message_ids
+                user_id,
+                self.sessions,
+                self.storage,
+                self.settings.host,
+                self.backend.honours_message_ids,
+                self.settings.webhook_secret,
             )
             self.senders[user_id] = sender
             task = asyncio.create_task(self._keep_sending(sender), name=f"sender-{user_id}")

@@ -35,7 +35,8 @@ from collections.abc import Callable
 from infra import layout
 from infra.documents import FINAL_JOB_STATUSES, AntiBanSettings, Job, JobState, RecipientResult, utcnow
 from infra.jobs import chunk_of, render, write_state
-from infra.settings import HostSettings
+from infra.settings import HostSettings, Secret
+from session_host import webhooks
 from session_host.media import MediaError, fetch_image
 from session_host.sessions import Session
 from session_host.storage import Storage
@@ -96,6 +97,15 @@ class Pacer:
         self.next_at = self.last_sent + gap_ms / 1000
 
 
+def typing_seconds(settings: AntiBanSettings, text: str) -> float:
+    """How long "typing…" shows before a message: longer for longer texts, as a person types
+    (half a second plus one for every 40 characters, at most 8 s), and never longer than the
+    job's shortest pause, out of which it is taken."""
+    if not settings.typing:
+        return 0.0
+    return min(0.5 + len(text) / 40, 8.0, settings.randomDelayMin / 1000)
+
+
 class AccountSender:
     def __init__(
         self,
@@ -104,6 +114,7 @@ class AccountSender:
         storage: Storage,
         settings: HostSettings,
         honours_message_ids: bool,
+        webhook_secret: Secret | None = None,
     ) -> None:
         self.user_id = user_id
         self.sessions = sessions
@@ -111,8 +122,10 @@ class AccountSender:
         self.settings = settings
         self.honours_message_ids = honours_message_ids
         self.pacer = Pacer()
+        self.webhook_secret = webhook_secret
         self.runs: list[JobRun] = []
         self._wakeup = asyncio.Event()
+        self._notifying: set[asyncio.Task[None]] = set()
 
     def add(self, run: JobRun) -> None:
         if any(existing.id == run.id for existing in self.runs):
@@ -214,11 +227,15 @@ class AccountSender:
                     await self._checkpoint(run, result)
                     return
                 result.jid = jid
-            if (delay := self.pacer.wait_before(run.job.antiBanSettings)) > 0:
+            text = render(run.job, result.index)
+            typing = typing_seconds(run.job.antiBanSettings, text)
+            if (delay := self.pacer.wait_before(run.job.antiBanSettings) - typing) > 0:
                 await asyncio.sleep(delay)
                 return  # look again: the session may have dropped, a single send may go first
+            if typing > 0:
+                await client.typing(result.jid, typing)
             result.attempts += 1
-            await self._send(run, result, client)
+            await self._send(run, result, client, text)
             result.status, result.sentAt, result.error = "sent", utcnow(), None
             self.pacer.record_sent(run)
         except NotConnected:
@@ -239,8 +256,7 @@ class AccountSender:
             result.status, result.error = "failed", f"gave up after {result.attempts} attempts: {result.error}"
         await self._checkpoint(run, result)
 
-    async def _send(self, run: JobRun, result: RecipientResult, client: WhatsAppClient) -> None:
-        text = render(run.job, result.index)
+    async def _send(self, run: JobRun, result: RecipientResult, client: WhatsAppClient, text: str) -> None:
         assert result.jid is not None
         if run.image is not None:
             image, mimetype = run.image
@@ -248,6 +264,24 @@ class AccountSender:
         else:
             await client.send_text(result.jid, text, result.messageId)
         logger.debug("user=%s job=%s recipient %d sent", self.user_id, run.id, result.index)
+
+    # -- the completion webhook ---------------------------------------------------------------------
+
+    def notify(self, run: JobRun) -> None:
+        """Deliver the finished job's webhook in the background; the account's sending goes on."""
+        task = asyncio.create_task(self._notify(run), name=f"webhook-{run.id}")
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
+
+    async def _notify(self, run: JobRun) -> None:
+        webhook = run.state.webhook
+        assert webhook is not None
+        if not webhook.settled:
+            await webhooks.deliver(webhook.url, webhooks.event_for(run.state), self.webhook_secret, webhook)
+            await self._checkpoint(run)
+            outcome = "delivered" if webhook.deliveredAt else f"given up: {webhook.lastError}"
+            logger.info("user=%s job=%s webhook %s after %d attempts", self.user_id, run.id, outcome, webhook.attempts)
+        await self.storage.delete(layout.queue_marker(self.user_id, run.id))
 
     # -- the store -----------------------------------------------------------------------------------
 
@@ -275,7 +309,10 @@ class AccountSender:
         run.state.detail = detail
         run.state.finishedAt = utcnow()
         await self._checkpoint(run, all_results=all_results)
-        await self.storage.delete(layout.queue_marker(self.user_id, run.id))
+        if run.state.webhook is not None:
+            self.notify(run)  # the queue marker goes once the webhook is settled
+        else:
+            await self.storage.delete(layout.queue_marker(self.user_id, run.id))
         totals = run.state.totals
         logger.info(
             "user=%s job=%s %s in %.1f s: sent=%d not_on_whatsapp=%d failed=%d duplicate=%d unknown=%d%s",

@@ -12,6 +12,7 @@ share one world, as several hosts share one real WhatsApp. Layout of the directo
     holders/<userId>.json        which connection holds the session (a newer one replaces the older)
     delivered/<messageId>.json   every message delivered, one file each (so a message id is delivered
                                  at most once, as WhatsApp de-duplicates by id)
+    typing.jsonl                 every "typing…" shown: sender, to, seconds, time
     faults/<userId>/<kind>.json  faults armed by the driver, consumed by the client
 
 How a test drives it::
@@ -146,6 +147,20 @@ class SimulatedWorld:
 
     # -- what arrived --------------------------------------------------------------------------------
 
+    def record_typing(self, user_id: str, jid: str, seconds: float) -> None:
+        line = json.dumps({"sender": user_id, "to": jid, "seconds": seconds, "at": time.time()})
+        with open(self.root / "typing.jsonl", "a") as log:  # one short append: whole lines
+            log.write(line + "\n")
+
+    def typing(self, user_id: str | None = None) -> list[dict[str, Any]]:
+        """Every "typing…" shown, in order: sender, to, seconds, at."""
+        try:
+            lines = (self.root / "typing.jsonl").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        shown = [json.loads(line) for line in lines]
+        return [entry for entry in shown if user_id is None or entry["sender"] == user_id]
+
     def record_once(self, message: Delivered) -> bool:
         """Keep ``message`` unless its id was delivered before (WhatsApp de-duplicates by id)."""
         path = self.root / "delivered" / f"{message.messageId}.json"
@@ -271,6 +286,7 @@ class SimulatedClient:
 
     async def typing(self, jid: str, seconds: float) -> None:
         self._check_sendable()
+        self.world.record_typing(self.user_id, jid, seconds)
         await asyncio.sleep(seconds)
 
     async def export_auth(self) -> bytes | None:

@@ -22,7 +22,7 @@ from infra.documents import (
     utcnow,
 )
 from infra.jobs import prepare_job
-from infra.settings import HostSettings, Settings
+from infra.settings import HostSettings, Secret, Settings
 from infra.store import ObjectStore
 from session_host.host import Host
 from session_host.whatsapp.simulated import SimulatedBackend
@@ -31,10 +31,11 @@ FAST = AntiBanSettings(randomDelayMin=200, randomDelayMax=300, batchSize=10, bat
 
 
 class HostHarness:
-    def __init__(self, store: ObjectStore, tmp: Path, **host_settings: Any) -> None:
+    def __init__(self, store: ObjectStore, tmp: Path, webhook_secret: str | None = None, **host_settings: Any) -> None:
         self.store = store
         self.settings = Settings(
-            host=HostSettings(id="test-host", poll_interval=0.05, work_dir=str(tmp / "work"), **host_settings)
+            host=HostSettings(id="test-host", poll_interval=0.05, work_dir=str(tmp / "work"), **host_settings),
+            webhook_secret=Secret(webhook_secret) if webhook_secret else None,
         )
         self.backend = SimulatedBackend(tmp / "whatsapp")
         self.world = self.backend.world

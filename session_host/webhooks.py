@@ -1,0 +1,93 @@
+"""The completion webhook: when a job ends, its summary is POSTed to the job's ``webhookUrl``.
+
+The body is JSON (``WebhookEvent``). With ``ZAPGATE_WEBHOOK_SECRET`` set, two headers let the
+receiver check that it came from this gateway and is fresh::
+
+    X-Zapgate-Timestamp: 1764790000
+    X-Zapgate-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" under the secret>
+
+A delivery that fails (an error, a timeout, an answer other than 2xx) is tried again after a
+growing pause, ``RETRY_DELAYS``; the outcome is kept in the job's state. The job stays in the
+account's queue until the webhook is delivered or given up, so a host restarted meanwhile tries again.
+
+Not yet: the URL is not checked against private and metadata addresses (the security issue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import time
+
+import httpx
+import msgspec
+
+from infra.documents import JobState, Totals, WebhookStatus, encode, utcnow
+from infra.settings import Secret
+
+logger = logging.getLogger(__name__)
+
+RETRY_DELAYS = (0.0, 2.0, 10.0, 30.0, 120.0, 600.0)
+TIMEOUT = 10.0
+
+
+class WebhookEvent(msgspec.Struct):
+    event: str
+    jobId: str
+    userId: str
+    status: str
+    totals: Totals
+    finishedAt: dt.datetime | None
+    detail: str | None
+    reportUrl: str
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def event_for(state: JobState) -> bytes:
+    return encode(
+        WebhookEvent(
+            event="job.finished",
+            jobId=state.jobId,
+            userId=state.userId,
+            status=state.status,
+            totals=state.totals,
+            finishedAt=state.finishedAt,
+            detail=state.detail,
+            reportUrl=f"/jobs/{state.jobId}/report.csv",
+        )
+    )
+
+
+async def deliver(url: str, body: bytes, secret: Secret | None, status: WebhookStatus) -> WebhookStatus:
+    """Try to deliver ``body`` until it is accepted or the delays run out; return the outcome."""
+    async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as client:
+        for delay in RETRY_DELAYS[status.attempts :]:
+            await asyncio.sleep(delay)
+            status.attempts += 1
+            try:
+                answer = await client.post(url, content=body, headers=_headers(secret, body))
+                if 200 <= answer.status_code < 300:
+                    status.deliveredAt, status.lastError = utcnow(), None
+                    return status
+                status.lastError = f"the webhook answered HTTP {answer.status_code}"
+            except httpx.HTTPError as exc:
+                status.lastError = f"the webhook could not be reached: {type(exc).__name__}"
+            logger.warning("webhook attempt %d failed: %s", status.attempts, status.lastError)
+    status.gaveUp = True
+    return status
+
+
+def _headers(secret: Secret | None, body: bytes) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "User-Agent": "zapgate-webhook"}
+    if secret is not None:
+        timestamp = str(int(time.time()))
+        headers["X-Zapgate-Timestamp"] = timestamp
+        headers["X-Zapgate-Signature"] = signature(secret.reveal(), timestamp, body)
+    return headers
