@@ -11,6 +11,7 @@ import msgspec
 from api.errors import NotFoundError
 from infra import layout
 from infra.documents import (
+    AccountSettings,
     Job,
     JobState,
     Rejection,
@@ -30,6 +31,13 @@ def read_status(store: ObjectStore, user_id: str) -> SessionStatus | None:
         return decode(store.get(layout.session_status(user_id)).data, SessionStatus)
     except NotFound:
         return None
+
+
+def read_account_settings(store: ObjectStore, user_id: str) -> AccountSettings:
+    try:
+        return decode(store.get(layout.account_settings(user_id)).data, AccountSettings)
+    except NotFound:
+        return AccountSettings()
 
 
 def list_statuses(store: ObjectStore) -> list[SessionStatus]:

@@ -7,14 +7,25 @@ import io
 import msgspec
 import qrcode
 import qrcode.image.svg
-from litestar import Controller, Response, get, post
+from litestar import Controller, Response, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, RawBody
 
 from api.errors import InvalidField, NotFoundError
 from api.requests import PairPhoneRequest, UserRequest, check_user_id, read_body
-from api.service import list_statuses, read_status, send_command
-from infra.documents import Connect, Disconnect, Logout, PairPhone, SessionStatus, utcnow
+from api.service import list_statuses, read_account_settings, read_status, send_command
+from infra import layout
+from infra.documents import (
+    AccountSettings,
+    Connect,
+    Disconnect,
+    Logout,
+    PairPhone,
+    ReloadSettings,
+    SessionStatus,
+    encode,
+    utcnow,
+)
 from infra.numbers import InvalidNumber, normalize_number
 from infra.settings import Settings
 from infra.store import ObjectStore
@@ -111,6 +122,22 @@ class SessionController(Controller):
             raise InvalidField("phone", str(exc)) from None
         send_command(store, user_id, PairPhone(issuedAt=utcnow(), phone=phone))
         return Done(success=True, message=f"pairing code requested; it appears in /sessions/{user_id}")
+
+    @get("/sessions/{user_id:str}/settings", sync_to_thread=True)
+    def get_settings(self, user_id: FromPath[str], store: NamedDependency[ObjectStore]) -> AccountSettings:
+        """The account's limits across all its jobs: daily cap, quiet hours, time zone, warm-up."""
+        return read_account_settings(store, check_user_id(user_id))
+
+    @put("/sessions/{user_id:str}/settings", status_code=200, sync_to_thread=True)
+    def put_settings(
+        self, user_id: FromPath[str], body: RawBody, store: NamedDependency[ObjectStore]
+    ) -> AccountSettings:
+        """Replace the account's limits; the host applies them before the next message."""
+        check_user_id(user_id)
+        settings = read_body(body, AccountSettings, with_user=False)
+        store.put(layout.account_settings(user_id), encode(settings))
+        send_command(store, user_id, ReloadSettings(issuedAt=utcnow()))
+        return settings
 
     @post("/disconnect", status_code=200, sync_to_thread=True)
     def disconnect(self, body: RawBody, store: NamedDependency[ObjectStore]) -> Done:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import zoneinfo
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -52,6 +53,47 @@ class AntiBanSettings(Input, frozen=True):
     def __post_init__(self) -> None:
         if self.randomDelayMin > self.randomDelayMax:
             raise ValueError("randomDelayMin must not be greater than randomDelayMax")
+
+
+_CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+Clock = Annotated[str, msgspec.Meta(pattern=_CLOCK, description="HH:MM, 24-hour clock")]
+WARMUP_CAPS = (20, 40, 80, 160, 320)  # messages on the 1st, 2nd, … day after pairing, with warm-up on
+
+
+class QuietHours(Input, frozen=True):
+    """No message leaves between ``start`` and ``end`` (account's time zone; may span midnight)."""
+
+    start: Clock
+    end: Clock
+
+
+class AccountSettings(Input, frozen=True):
+    """An account's own limits, across all its jobs (``PUT /sessions/{userId}/settings``).
+
+    ``dailyCap``: messages a day at most (None: no cap). ``quietHours``: hours without messages.
+    ``timezone``: the IANA zone those days and hours are in. ``warmup``: a newly paired account
+    sends at most ``WARMUP_CAPS[d]`` messages on its d-th day, then ``dailyCap``.
+    """
+
+    dailyCap: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = 1000
+    quietHours: QuietHours | None = None
+    timezone: str = "America/Sao_Paulo"
+    warmup: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {self.timezone!r} is not an IANA time zone such as America/Sao_Paulo") from None
+        if self.quietHours is not None and self.quietHours.start == self.quietHours.end:
+            raise ValueError("quietHours start and end must differ")
+
+
+class DailyCount(msgspec.Struct):
+    """How many messages an account sent on ``day`` (in its time zone)."""
+
+    day: str
+    sent: int = 0
 
 
 # -- jobs ------------------------------------------------------------------------------------------
@@ -197,12 +239,16 @@ class Logout(msgspec.Struct, tag="logout"):
     issuedAt: dt.datetime
 
 
+class ReloadSettings(msgspec.Struct, tag="reload_settings"):
+    issuedAt: dt.datetime
+
+
 class PairPhone(msgspec.Struct, tag="pair_phone"):
     issuedAt: dt.datetime
     phone: str
 
 
-SessionCommand = Connect | Disconnect | Logout | PairPhone | ControlJob
+SessionCommand = Connect | Disconnect | Logout | PairPhone | ControlJob | ReloadSettings
 
 SessionState = Literal[
     "starting",  # the host is opening the connection
@@ -226,6 +272,7 @@ class SessionStatus(msgspec.Struct):
     qrExpiresAt: dt.datetime | None = None
     pairCode: str | None = None
     jid: str | None = None
+    pairedAt: dt.datetime | None = None
     backend: str | None = None
     host: str | None = None
     updatedAt: dt.datetime | None = None

@@ -117,13 +117,26 @@ def results_chunk(state: JobState, chunk: int) -> list[RecipientResult]:
     return state.results[chunk * RESULTS_PER_CHUNK : (chunk + 1) * RESULTS_PER_CHUNK]
 
 
-def write_state(store: ObjectStore, state: JobState, chunks: Iterable[int] | None = None) -> None:
-    """Write the given result chunks (all when None), then the summary that counts them."""
+def encode_state(state: JobState, chunks: Iterable[int] | None = None) -> list[tuple[str, bytes]]:
+    """The objects that store ``state``: the given result chunks (all when None), then the summary.
+
+    Encoding is a snapshot: the caller may change ``state`` while the objects are being written.
+    """
     if chunks is None:
         chunks = range(chunk_of(max(len(state.results) - 1, 0)) + 1)
-    for chunk in sorted(set(chunks)):
-        store.put(layout.job_results(state.jobId, chunk), encode(results_chunk(state, chunk)))
-    store.put(layout.job_state(state.jobId), encode(msgspec.structs.replace(state, results=[])))
+    objects = [(layout.job_results(state.jobId, c), encode(results_chunk(state, c))) for c in sorted(set(chunks))]
+    objects.append((layout.job_state(state.jobId), encode(msgspec.structs.replace(state, results=[]))))
+    return objects
+
+
+def write_objects(store: ObjectStore, objects: list[tuple[str, bytes]]) -> None:
+    for key, data in objects:
+        store.put(key, data)
+
+
+def write_state(store: ObjectStore, state: JobState, chunks: Iterable[int] | None = None) -> None:
+    """Write the given result chunks (all when None), then the summary that counts them."""
+    write_objects(store, encode_state(state, chunks))
 
 
 def read_state(store: ObjectStore, job_id: str, offset: int = 0, limit: int | None = None) -> JobState:

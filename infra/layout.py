@@ -13,6 +13,8 @@
     commands/<userId>/<time>-<id>.json  SessionCommand for the host
     sessions/<userId>/status.json       SessionStatus
     sessions/<userId>/auth.db           the account's WhatsApp credentials (neonize's SQLite database)
+    sessions/<userId>/settings.json     AccountSettings: daily cap, quiet hours, time zone, warm-up
+    sessions/<userId>/count.json        DailyCount: messages sent today
 """
 
 from __future__ import annotations
@@ -75,3 +77,11 @@ def session_auth(user_id: str) -> str:
 def user_of(key: str, prefix: str) -> str:
     """The userId in a key such as ``sessions/<userId>/status.json`` listed under ``prefix``."""
     return key[len(prefix) :].split("/", 1)[0]
+
+
+def account_settings(user_id: str) -> str:
+    return f"{SESSIONS}{user_id}/settings.json"
+
+
+def daily_count(user_id: str) -> str:
+    return f"{SESSIONS}{user_id}/count.json"

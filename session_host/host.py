@@ -25,6 +25,7 @@ from infra.documents import (
     Logout,
     PairPhone,
     Rejection,
+    ReloadSettings,
     SessionCommand,
     SessionStatus,
     decode,
@@ -140,6 +141,8 @@ class Host:
                 await session.pair_phone(phone)
             case ControlJob(jobId=job_id, action=action):
                 await self._sender(user_id).control(job_id, action)
+            case ReloadSettings():
+                await self._sender(user_id).reload()
 
     # -- jobs ----------------------------------------------------------------------------------------
 

@@ -18,8 +18,11 @@ id reports the recipient as ``unknown`` instead of risking a second message.
 A checkpoint writes the job's summary and the one chunk of results that changed
 (``infra.jobs.write_state``), so its cost does not grow with the size of the campaign.
 
-Known limits, for the sending-engine issue: no daily cap, quiet hours or warm-up; a transient
-failure is retried at most MAX_ATTEMPTS times, without a pause of its own between attempts.
+The account's own limits (daily cap, warm-up, quiet hours: ``session_host.limits``) hold every
+job of the account; a job waits, with the reason in its state, while one of them holds.
+
+Known limit: a transient failure is retried at most MAX_ATTEMPTS times, without a pause of its own
+between attempts beyond the pace.
 """
 
 from __future__ import annotations
@@ -33,10 +36,20 @@ import time
 from collections.abc import Callable
 
 from infra import layout
-from infra.documents import FINAL_JOB_STATUSES, AntiBanSettings, Job, JobState, RecipientResult, utcnow
-from infra.jobs import chunk_of, render, write_state
+from infra.documents import (
+    FINAL_JOB_STATUSES,
+    AccountSettings,
+    AntiBanSettings,
+    DailyCount,
+    Job,
+    JobState,
+    RecipientResult,
+    utcnow,
+)
+from infra.jobs import chunk_of, encode_state, render, write_objects
 from infra.settings import HostSettings, Secret
 from session_host import webhooks
+from session_host.limits import AccountLimits, Block
 from session_host.media import MediaError, fetch_image
 from session_host.sessions import Session
 from session_host.storage import Storage
@@ -58,6 +71,8 @@ class JobRun:
         self.prepared = False
         self.sent_in_batch = 0
         self.started = time.monotonic()
+        self.writing = asyncio.Lock()
+        self.cancelling = False
 
     @property
     def id(self) -> str:
@@ -123,6 +138,7 @@ class AccountSender:
         self.honours_message_ids = honours_message_ids
         self.pacer = Pacer()
         self.webhook_secret = webhook_secret
+        self.limits: AccountLimits | None = None
         self.runs: list[JobRun] = []
         self._wakeup = asyncio.Event()
         self._notifying: set[asyncio.Task[None]] = set()
@@ -136,7 +152,16 @@ class AccountSender:
             "user=%s job=%s queued: %d recipients (%s)", self.user_id, run.id, len(run.state.results), run.job.kind
         )
 
+    async def reload(self) -> None:
+        """Read the account's settings and today's count from the store."""
+        settings = await self.storage.read(layout.account_settings(self.user_id), AccountSettings)
+        count = await self.storage.read(layout.daily_count(self.user_id), DailyCount)
+        self.limits = AccountLimits(settings or AccountSettings(), count)
+        self._wakeup.set()
+
     async def run(self) -> None:
+        if self.limits is None:
+            await self.reload()
         while True:
             run = self._next_run()
             if run is None:
@@ -158,22 +183,22 @@ class AccountSender:
             run.state.status, run.state.detail = "queued", None
             await self._checkpoint(run)
         elif action == "cancel":
-            for result in run.state.results:
-                if result.status == "pending":
-                    result.status, result.error = "skipped", "the job was cancelled"
-            await self._finish(run, "cancelled", "cancelled through the API", all_results=True)
+            run.cancelling = True  # carried out by the sending loop, after a message already on its way
         logger.info("user=%s job=%s %s", self.user_id, job_id, action)
         self._wakeup.set()
 
     def _next_run(self) -> JobRun | None:
         self.runs = [run for run in self.runs if not run.finished]
-        ready = [run for run in self.runs if run.state.status != "paused"]
+        ready = [run for run in self.runs if run.state.status != "paused" or run.cancelling]
         singles = [run for run in ready if run.job.kind == "single"]
         return (singles or ready or [None])[0]
 
     # -- one step: prepare, wait, or send to one recipient --------------------------------------------
 
     async def _step(self, run: JobRun) -> None:
+        if run.cancelling:
+            await self._cancel(run)
+            return
         if not run.prepared:
             await self._prepare(run)
             return
@@ -185,10 +210,20 @@ class AccountSender:
         if session is None or not session.ready.is_set():
             await self._wait_for_session(run, session)
             return
+        assert self.limits is not None
+        if (block := self.limits.blocked(utcnow(), session.status.pairedAt)) is not None:
+            await self._wait_for_limit(run, block)
+            return
         if run.state.status != "running":
             run.state.status, run.state.detail = "running", None
             await self._checkpoint(run)
         await self._deliver(run, result, session)
+
+    async def _cancel(self, run: JobRun) -> None:
+        for result in run.state.results:
+            if result.status == "pending":
+                result.status, result.error = "skipped", "the job was cancelled"
+        await self._finish(run, "cancelled", "cancelled through the API", all_results=True)
 
     async def _prepare(self, run: JobRun) -> None:
         """Fetch the image once for the whole job, before anyone gets anything."""
@@ -216,6 +251,21 @@ class AccountSender:
         else:
             await asyncio.sleep(_WAIT_TICK)
 
+    async def _wait_for_limit(self, run: JobRun, block: Block) -> None:
+        if run.state.status != "waiting" or run.state.detail != block.reason:
+            run.state.status, run.state.detail = "waiting", block.reason
+            await self._checkpoint(run)
+            logger.info("user=%s job=%s waiting: %s", self.user_id, run.id, block.reason)
+        self._wakeup.clear()  # new settings wake it early
+        seconds = min((block.until - utcnow()).total_seconds(), 5.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), max(seconds, 0.01))
+
+    async def _count_sent(self) -> None:
+        assert self.limits is not None
+        count = self.limits.record_sent(utcnow())
+        await self.storage.write_safely(layout.daily_count(self.user_id), count)
+
     async def _deliver(self, run: JobRun, result: RecipientResult, session: Session) -> None:
         client = session.client
         assert client is not None
@@ -238,10 +288,12 @@ class AccountSender:
             await self._send(run, result, client, text)
             result.status, result.sentAt, result.error = "sent", utcnow(), None
             self.pacer.record_sent(run)
+            await self._count_sent()
         except NotConnected:
             return
         except OutcomeUnknown as exc:
             self.pacer.record_sent(run)
+            await self._count_sent()
             if not self.honours_message_ids:
                 result.status, result.error = "unknown", f"{exc}; not resent, to avoid a second message"
             else:
@@ -291,7 +343,9 @@ class AccountSender:
         run.state.updatedAt = utcnow()
         run.state.estimatedEnd = self._estimated_end(run)
         chunks = None if all_results else [] if changed is None else [chunk_of(changed.index)]
-        await self.storage.safely(f"job {run.id}", write_state, self.storage.store, run.state, chunks)
+        async with run.writing:  # one write at a time, each a snapshot newer than the last
+            objects = encode_state(run.state, chunks)
+            await self.storage.safely(f"job {run.id}", write_objects, self.storage.store, objects)
 
     def _estimated_end(self, run: JobRun) -> dt.datetime | None:
         """When the job's last message should leave at its pace, counting only this job."""

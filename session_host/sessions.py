@@ -73,6 +73,9 @@ class Session:
             paired = await self._restore_auth()
         except CredentialsUnreadable:
             return  # the status says "failed" and why; no new pairing may overwrite the stored credentials
+        if paired and self.status.pairedAt is None:  # a new host: keep when the account was paired (warm-up)
+            previous = await self.storage.read(layout.session_status(self.user_id), SessionStatus)
+            self.status.pairedAt = previous.pairedAt if previous else None
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()  # one per client: a closed one's late events stay out
         self.client = self.backend.new_client(
@@ -171,8 +174,16 @@ class Session:
                 self._connected = True
                 self._failures = 0
                 await self._resume()
+                paired_at = self.status.pairedAt or utcnow()
                 await self._set(
-                    "connected", jid=jid, paired=True, qr=None, qrExpiresAt=None, pairCode=None, detail=None
+                    "connected",
+                    jid=jid,
+                    paired=True,
+                    pairedAt=paired_at,
+                    qr=None,
+                    qrExpiresAt=None,
+                    pairCode=None,
+                    detail=None,
                 )
                 logger.info("user=%s connected jid=%s after %.1f s", self.user_id, jid, self._elapsed())
                 await self.save_auth()
@@ -214,7 +225,9 @@ class Session:
         await self.vault.delete(self.user_id)
         self.auth_path.unlink(missing_ok=True)
         self._saved_digest = None
-        await self._set("logged_out", paired=False, jid=None, qr=None, qrExpiresAt=None, pairCode=None, detail=reason)
+        await self._set(
+            "logged_out", paired=False, pairedAt=None, jid=None, qr=None, qrExpiresAt=None, pairCode=None, detail=reason
+        )
         logger.warning("user=%s logged out: %s; credentials deleted", self.user_id, reason)
 
     async def _resume(self) -> None:
