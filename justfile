@@ -10,26 +10,16 @@ default:
 
 # The main job: the API on http://127.0.0.1:8000 and the session host, store in ./data, real WhatsApp.
 run:
-    #!/usr/bin/env bash
-    set -euo pipefail
-    export ZAPGATE_STORE="${ZAPGATE_STORE:-./data}"
-    {{python}} -m session_host & host=$!
-    trap 'kill -TERM $host 2>/dev/null; wait $host' EXIT
-    {{python}} -m api
+    ZAPGATE_STORE="${ZAPGATE_STORE:-./data/store}" {{python}} -m infra.together
 
-# The same with the simulated WhatsApp, to try it without a phone: `just sim scan USER` pairs.
+# The same with the simulated WhatsApp on http://127.0.0.1:8001, to try it without a phone.
 demo:
-    #!/usr/bin/env bash
-    set -euo pipefail
-    export ZAPGATE_STORE="${ZAPGATE_STORE:-./data/demo-store}"
-    export ZAPGATE_WHATSAPP_BACKEND=simulated ZAPGATE_WHATSAPP_SIMULATOR_DIR=./data/demo-whatsapp
-    {{python}} -m session_host & host=$!
-    trap 'kill -TERM $host 2>/dev/null; wait $host' EXIT
-    {{python}} -m api
+    ZAPGATE_STORE="${ZAPGATE_STORE:-./demo/store}" ZAPGATE_API_PORT="${ZAPGATE_API_PORT:-8001}" \
+    ZAPGATE_WHATSAPP_BACKEND=simulated ZAPGATE_WHATSAPP_SIMULATOR_DIR=./demo/whatsapp {{python}} -m infra.together
 
 # Drive the demo's simulated WhatsApp: `just sim scan user1`, `just sim delivered`.
 sim *args:
-    {{python}} -m session_host.whatsapp.simulated ./data/demo-whatsapp {{args}}
+    {{python}} -m session_host.whatsapp.simulated ./demo/whatsapp {{args}}
 
 # The tests, against a real S3 server: Ceph RGW started here, unless ZAPGATE_S3_ENDPOINT names one.
 test *args:

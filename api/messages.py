@@ -12,7 +12,7 @@ from litestar.params import FromQuery, RawBody
 from api.errors import FieldError, InvalidField, NotConnectedError, PayloadTooLarge
 from api.requests import Contact, SendBulkRequest, SendRequest, read_body
 from api.service import new_job_id, read_status, submit_job
-from infra.documents import AntiBanSettings, Job, Recipient, utcnow
+from infra.documents import AntiBanSettings, Job, Recipient, SessionStatus, utcnow
 from infra.jobs import InvalidJob, initial_state, prepare_job, render
 from infra.settings import Settings
 from infra.store import ObjectStore
@@ -165,19 +165,23 @@ def _bulk_field(field: str) -> str:
     return _BULK_FIELDS.get(field, field)
 
 
-def _require_connected(store: NamedDependency[ObjectStore], user_id: str) -> None:
+def _require_connected(store: ObjectStore, user_id: str) -> None:
     status = read_status(store, user_id)
     if status is None or not status.connected:
-        state = "has no session" if status is None else f"is {status.state}"
-        raise NotConnectedError(f"{user_id} is not connected ({state}); open /connect?userId={user_id} first")
+        raise NotConnectedError(f"{user_id} is not connected ({_why(status)}); open /connect?userId={user_id} first")
 
 
-def _require_known(store: NamedDependency[ObjectStore], user_id: str) -> None:
+def _require_known(store: ObjectStore, user_id: str) -> None:
     """A campaign may wait for a paired account to reconnect, but not for one that was never paired."""
     status = read_status(store, user_id)
     if status is None or not status.paired:
-        state = "has no session" if status is None else f"is {status.state} and not paired"
-        raise NotConnectedError(f"{user_id} is not connected ({state}); open /connect?userId={user_id} first")
+        raise NotConnectedError(f"{user_id} was never paired ({_why(status)}); open /connect?userId={user_id} first")
+
+
+def _why(status: SessionStatus | None) -> str:
+    if status is None:
+        return "no session"
+    return f"state: {status.state}" + (f"; {status.detail}" if status.detail else "")
 
 
 def _prepare(job: Job, settings: Settings, field_name: Callable[[str], str]) -> Job:

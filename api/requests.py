@@ -73,3 +73,5 @@ def read_body(body: bytes, type_: type[T], *, with_user: bool = True) -> T:
         return msgspec.json.decode(body, type=type_)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise from_msgspec(exc) from None
+    except RecursionError:
+        raise InvalidField("body", "is nested too deeply") from None

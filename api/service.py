@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
 import time
@@ -12,6 +13,7 @@ from api.errors import NotFoundError
 from infra import layout
 from infra.documents import (
     AccountSettings,
+    HostBeat,
     Job,
     JobState,
     Rejection,
@@ -27,10 +29,12 @@ from infra.store import NotFound, ObjectStore
 
 
 def read_status(store: ObjectStore, user_id: str) -> SessionStatus | None:
+    """The session's status, with ``hostAlive`` saying whether the host that wrote it still runs."""
     try:
-        return decode(store.get(layout.session_status(user_id)).data, SessionStatus)
+        status = decode(store.get(layout.session_status(user_id)).data, SessionStatus)
     except NotFound:
         return None
+    return _with_liveness(status, read_host(store, status.host) if status.host else None)
 
 
 def read_account_settings(store: ObjectStore, user_id: str) -> AccountSettings:
@@ -41,14 +45,46 @@ def read_account_settings(store: ObjectStore, user_id: str) -> AccountSettings:
 
 
 def list_statuses(store: ObjectStore) -> list[SessionStatus]:
+    hosts = {beat.hostId: beat for beat in list_hosts(store)}
     statuses = []
     for key in store.list(layout.SESSIONS):
         if key.endswith("/status.json"):
             try:
-                statuses.append(decode(store.get(key).data, SessionStatus))
+                status = decode(store.get(key).data, SessionStatus)
             except NotFound:  # deleted between the listing and the read
                 continue
+            statuses.append(_with_liveness(status, hosts.get(status.host or "")))
     return statuses
+
+
+def read_host(store: ObjectStore, host_id: str) -> HostBeat | None:
+    try:
+        return decode(store.get(layout.host_beat(host_id)).data, HostBeat)
+    except NotFound:
+        return None
+
+
+def list_hosts(store: ObjectStore) -> list[HostBeat]:
+    beats = []
+    for key in store.list(layout.HOSTS):
+        with contextlib.suppress(NotFound):
+            beats.append(decode(store.get(key).data, HostBeat))
+    return beats
+
+
+def _with_liveness(status: SessionStatus, beat: HostBeat | None) -> SessionStatus:
+    """Mark a status whose host no longer runs: its "connected" is then only the last word."""
+    if status.host is None or status.state in ("disconnected", "logged_out", "qr_expired", "failed"):
+        return status
+    now = utcnow()
+    status.hostAlive = beat is not None and beat.alive(now)
+    if not status.hostAlive:
+        if beat is None:
+            status.detail = f"the session host {status.host} is not running"
+        else:
+            verb, when = ("stopped", beat.stoppedAt) if beat.stoppedAt else ("was last seen", beat.lastSeen)
+            status.detail = f"the session host {status.host} {verb} {(now - when).total_seconds():.0f} s ago"
+    return status
 
 
 def send_command(store: ObjectStore, user_id: str, command: SessionCommand) -> None:

@@ -11,7 +11,7 @@ from litestar import Controller, Response, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, RawBody
 
-from api.errors import InvalidField, NotFoundError
+from api.errors import ApiError, InvalidField, NotFoundError
 from api.requests import PairPhoneRequest, UserRequest, check_user_id, read_body
 from api.service import list_statuses, read_account_settings, read_status, send_command
 from infra import layout
@@ -44,6 +44,12 @@ class SessionSummary(msgspec.Struct):
     detail: str | None
     jid: str | None
     updatedAt: str | None
+    hostAlive: bool | None
+
+
+class AlreadyConnected(ApiError):
+    status = 409
+    title = "Already connected"
 
 
 class Done(msgspec.Struct):
@@ -60,6 +66,7 @@ def summary(status: SessionStatus) -> SessionSummary:
         detail=status.detail,
         jid=status.jid,
         updatedAt=status.updatedAt.isoformat() if status.updatedAt else None,
+        hostAlive=status.hostAlive,
     )
 
 
@@ -69,7 +76,7 @@ def has_qr(status: SessionStatus) -> bool:
     )
 
 
-def ensure_started(store: NamedDependency[ObjectStore], user_id: str) -> SessionStatus | None:
+def ensure_started(store: ObjectStore, user_id: str) -> SessionStatus | None:
     """Ask the host to start the session unless it is already at work on it."""
     status = read_status(store, user_id)
     if status is None or status.state not in BUSY_STATES:
@@ -120,6 +127,9 @@ class SessionController(Controller):
             phone = normalize_number(request.phone, settings.default_country)
         except InvalidNumber as exc:
             raise InvalidField("phone", str(exc)) from None
+        status = read_status(store, user_id)
+        if status is not None and status.connected:
+            raise AlreadyConnected(f"{user_id} is already connected; disconnect or log out first")
         send_command(store, user_id, PairPhone(issuedAt=utcnow(), phone=phone))
         return Done(success=True, message=f"pairing code requested; it appears in /sessions/{user_id}")
 
@@ -143,6 +153,7 @@ class SessionController(Controller):
     def disconnect(self, body: RawBody, store: NamedDependency[ObjectStore]) -> Done:
         """Close the account's connection and keep its pairing."""
         request = read_body(body, UserRequest)
+        _require_session(store, request.userId)
         send_command(store, request.userId, Disconnect(issuedAt=utcnow()))
         return Done(success=True, message=f"{request.userId} is being disconnected; the pairing is kept")
 
@@ -150,11 +161,17 @@ class SessionController(Controller):
     def logout(self, body: RawBody, store: NamedDependency[ObjectStore]) -> Done:
         """Unlink the device from the account and delete its stored credentials."""
         request = read_body(body, UserRequest)
+        _require_session(store, request.userId)
         send_command(store, request.userId, Logout(issuedAt=utcnow()))
         return Done(success=True, message=f"{request.userId} is being logged out; the next connect shows a new QR")
 
 
-def _current_qr(store: NamedDependency[ObjectStore], user_id: str) -> str:
+def _require_session(store: ObjectStore, user_id: str) -> None:
+    if read_status(store, user_id) is None:
+        raise NotFoundError(f"there is no session for {user_id}")
+
+
+def _current_qr(store: ObjectStore, user_id: str) -> str:
     check_user_id(user_id)
     status = read_status(store, user_id)
     if status is None or not has_qr(status):

@@ -22,10 +22,14 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
+# Patterns end with END, not "$": Python's "$" also matches before a final newline ("u1\n"),
+# and "\Z" is not understood by the JSON Schema readers of the OpenAPI document.
+END = r"(?![\s\S])"
 # A short identifier: letters, digits and . _ @ -, no "..", so it is safe in keys, paths and URLs.
-USER_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
+USER_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._@-]{0,63}" + END
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}" + END
 UserId = Annotated[str, msgspec.Meta(pattern=USER_ID_PATTERN, description="A short account identifier.")]
-JobId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")]
+JobId = Annotated[str, msgspec.Meta(pattern=JOB_ID_PATTERN)]
 MAX_MESSAGE_CHARS = 4096
 T = TypeVar("T")
 
@@ -55,7 +59,7 @@ class AntiBanSettings(Input, frozen=True):
             raise ValueError("randomDelayMin must not be greater than randomDelayMax")
 
 
-_CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+_CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]" + END
 Clock = Annotated[str, msgspec.Meta(pattern=_CLOCK, description="HH:MM, 24-hour clock")]
 WARMUP_CAPS = (20, 40, 80, 160, 320)  # messages on the 1st, 2nd, … day after pairing, with warm-up on
 
@@ -276,10 +280,30 @@ class SessionStatus(msgspec.Struct):
     backend: str | None = None
     host: str | None = None
     updatedAt: dt.datetime | None = None
+    hostAlive: bool | None = None  # filled in by the API from the host's HostBeat
 
     @property
     def connected(self) -> bool:
-        return self.state in ("connected", "paused")
+        return self.state in ("connected", "paused") and self.hostAlive is not False
+
+
+# -- hosts -----------------------------------------------------------------------------------------
+
+HEARTBEAT_SECONDS = 5.0
+HOST_STALE_SECONDS = 20.0  # a host not seen for this long is taken for dead
+
+
+class HostBeat(msgspec.Struct):
+    """A session host's sign of life, rewritten every HEARTBEAT_SECONDS."""
+
+    hostId: str
+    startedAt: dt.datetime
+    lastSeen: dt.datetime
+    sessions: int = 0
+    stoppedAt: dt.datetime | None = None
+
+    def alive(self, now: dt.datetime) -> bool:
+        return self.stoppedAt is None and (now - self.lastSeen).total_seconds() < HOST_STALE_SECONDS
 
 
 # -- encoding --------------------------------------------------------------------------------------

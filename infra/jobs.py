@@ -10,10 +10,13 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 
+import httpx
 import msgspec
 
 from infra import layout, templates
 from infra.documents import (
+    JOB_ID_PATTERN,
+    MAX_MESSAGE_CHARS,
     RESULTS_PER_CHUNK,
     Job,
     JobState,
@@ -27,7 +30,7 @@ from infra.documents import (
 from infra.numbers import InvalidNumber, normalize_number
 from infra.store import ObjectStore
 
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
 class InvalidJob(ValueError):
@@ -47,9 +50,8 @@ def prepare_job(job: Job, *, job_id: str, default_region: str | None, now: dt.da
     if not job.message.strip() and job.imageUrl is None:
         raise InvalidJob("message", "must not be empty")
     for field in ("imageUrl", "webhookUrl"):
-        url = getattr(job, field)
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise InvalidJob(field, "must be an http:// or https:// URL")
+        if (url := getattr(job, field)) is not None and (reason := _url_problem(url)):
+            raise InvalidJob(field, reason)
     recipients = []
     for index, recipient in enumerate(job.recipients):
         try:
@@ -57,11 +59,37 @@ def prepare_job(job: Job, *, job_id: str, default_region: str | None, now: dt.da
         except InvalidNumber as exc:
             raise InvalidJob(f"recipients[{index}].number", f"{recipient.number!r} {exc}") from None
         recipients.append(msgspec.structs.replace(recipient, number=number))
-    for missing in templates.missing_fields(job.message, [recipient.values() for recipient in recipients]):
-        raise InvalidJob("message", _missing_reason(missing))
-    return msgspec.structs.replace(
+    prepared = msgspec.structs.replace(
         job, jobId=job_id, recipients=recipients, submittedAt=job.submittedAt or now or utcnow()
     )
+    if job.kind == "bulk":
+        _check_template(prepared)
+    return prepared
+
+
+def _check_template(job: Job) -> None:
+    """Every placeholder can be filled, and no filled message is longer than WhatsApp allows here."""
+    for missing in templates.missing_fields(job.message, [recipient.values() for recipient in job.recipients]):
+        raise InvalidJob("message", _missing_reason(missing))
+    for index in range(len(job.recipients)):
+        if (length := len(render(job, index))) > MAX_MESSAGE_CHARS:
+            raise InvalidJob(
+                "message",
+                f"filled in for the contact at position {index} it is {length} characters; "
+                f"the limit is {MAX_MESSAGE_CHARS}",
+            )
+
+
+def _url_problem(url: str) -> str | None:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        return f"is not a valid URL ({exc})"
+    if parsed.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if not parsed.host or " " in url:
+        return "must name a host, as in https://example.com/image.jpg"
+    return None
 
 
 def initial_state(job: Job) -> JobState:
@@ -93,7 +121,11 @@ def initial_state(job: Job) -> JobState:
 
 
 def render(job: Job, index: int) -> str:
-    """The message for recipient ``index``: its placeholders filled, its variations picked."""
+    """The message for recipient ``index``: its placeholders filled, its variations picked.
+
+    A single send (``POST /send``) goes as written, as in the original: no template there."""
+    if job.kind == "single":
+        return job.message
     return templates.render(job.message, job.recipients[index].values(), seed=job.message_id(index))
 
 

@@ -15,6 +15,7 @@
     sessions/<userId>/auth.db           the account's WhatsApp credentials (neonize's SQLite database)
     sessions/<userId>/settings.json     AccountSettings: daily cap, quiet hours, time zone, warm-up
     sessions/<userId>/count.json        DailyCount: messages sent today
+    hosts/<hostId>.json                 HostBeat: a session host's sign of life
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ COMMANDS = "commands/"
 SESSIONS = "sessions/"
 QUEUE = "queue/"
 REJECTED = "rejected/"
+HOSTS = "hosts/"
 
 
 def inbox(job_id: str) -> str:
@@ -85,3 +87,7 @@ def account_settings(user_id: str) -> str:
 
 def daily_count(user_id: str) -> str:
     return f"{SESSIONS}{user_id}/count.json"
+
+
+def host_beat(host_id: str) -> str:
+    return f"{HOSTS}{host_id}.json"

@@ -34,7 +34,10 @@ def normalize_number(raw: str | int, default_region: str | None = None) -> str:
         if text.endswith(suffix):
             text = text[: -len(suffix)]
     plus = text.startswith("+")
-    digits = _PUNCTUATION.sub("", text[1:] if plus else text)
+    body = text[1:] if plus else text
+    if body[:1] not in ("(", "") and not body[:1].isdigit():
+        raise InvalidNumber(f"must start with a digit, '+' or '(', not {body[:1]!r}")
+    digits = _PUNCTUATION.sub("", body)
     if not digits:
         raise InvalidNumber("is empty")
     if not digits.isdigit() or not digits.isascii():

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import socket
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -78,7 +79,7 @@ class HostSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     max_contacts: int = 100_000
 
 
@@ -138,8 +139,11 @@ def _complete(settings: Settings) -> Settings:
     host = settings.host
     if not host.id:
         host = msgspec.structs.replace(host, id=f"{socket.gethostname()}-{os.getpid()}")
-    if not host.work_dir:
-        host = msgspec.structs.replace(host, work_dir=os.path.join(_local_state_dir(), "work"))
+    if not host.work_dir:  # one folder per store, so that two stores never share credentials files
+        store_key = hashlib.sha256(
+            os.path.abspath(settings.store).encode() if not settings.store_is_s3 else settings.store.encode()
+        ).hexdigest()[:12]
+        host = msgspec.structs.replace(host, work_dir=os.path.join(_local_state_dir(), "work", store_key))
     if host.poll_interval <= 0:
         raise SettingsError("ZAPGATE_HOST_POLL_INTERVAL: must be greater than 0")
     for name in ("auth_key", "auth_key_previous"):

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import msgspec
 
 from infra import layout
 from infra.documents import (
+    HEARTBEAT_SECONDS,
     Connect,
     ControlJob,
     Disconnect,
+    HostBeat,
     Job,
     JobState,
     Logout,
@@ -53,8 +58,11 @@ class Host:
         self.sessions: dict[str, Session] = {}
         self.senders: dict[str, AccountSender] = {}
         self._sender_tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._jobs_accepted = 0
+        self._started_at = utcnow()
+        self._last_beat: dt.datetime | None = None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -67,13 +75,18 @@ class Host:
         await self._restore()
         while not self._stopping.is_set():
             try:
+                await self._beat()
                 await self._poll_inbox()  # first, so that a command about a new job finds it
                 await self._poll_commands()
             except StoreError as exc:
                 logger.warning("store unavailable, polling again shortly: %s", exc)
+            except Exception:
+                logger.exception("polling the store failed; polling again shortly")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.settings.host.poll_interval)
         await self._shutdown()
+        with contextlib.suppress(StoreError):
+            await self._beat(stopped=True)
         logger.info(
             "host=%s stopped after %.0f s: %d sessions, %d jobs accepted",
             self.settings.host.id,
@@ -81,6 +94,21 @@ class Host:
             len(self.sessions),
             self._jobs_accepted,
         )
+
+    async def _beat(self, stopped: bool = False) -> None:
+        """Tell the API this host is alive (HEARTBEAT_SECONDS apart), or that it stopped."""
+        now = utcnow()
+        if not stopped and self._last_beat and (now - self._last_beat).total_seconds() < HEARTBEAT_SECONDS:
+            return
+        beat = HostBeat(
+            hostId=self.settings.host.id,
+            startedAt=self._started_at,
+            lastSeen=now,
+            sessions=sum(session.active for session in self.sessions.values()),
+            stoppedAt=now if stopped else None,
+        )
+        await self.storage.write(layout.host_beat(self.settings.host.id), beat)
+        self._last_beat = now
 
     # -- start-up ------------------------------------------------------------------------------------
 
@@ -128,6 +156,9 @@ class Host:
             await self.storage.delete(key)
 
     async def _carry_out(self, user_id: str, command: SessionCommand) -> None:
+        if isinstance(command, Disconnect | Logout) and not await self._known(user_id):
+            logger.info("user=%s %s ignored: no such session", user_id, type(command).__name__.lower())
+            return
         session = self._session(user_id)
         logger.info("user=%s command %s", user_id, type(command).__name__.lower())
         match command:
@@ -137,8 +168,8 @@ class Host:
                 await session.stop("disconnected", "disconnected through the API; the pairing is kept")
             case Logout():
                 await session.logout()
-            case PairPhone(phone=phone):
-                await session.pair_phone(phone)
+            case PairPhone(phone=phone):  # waits for the first QR code: not in the polling loop
+                self._in_background(session.pair_phone(phone), f"pair-phone-{user_id}")
             case ControlJob(jobId=job_id, action=action):
                 await self._sender(user_id).control(job_id, action)
             case ReloadSettings():
@@ -148,8 +179,15 @@ class Host:
 
     async def _poll_inbox(self) -> None:
         for key in await self.storage.list(layout.INBOX):
-            if key.endswith(".json"):
+            if not key.endswith(".json"):
+                continue
+            try:
                 await self._accept(key)
+            except StoreError:
+                raise
+            except Exception as exc:  # one bad document must never stop the host
+                logger.exception("inbox document %s could not be accepted", key)
+                await self._reject(key, key[len(layout.INBOX) :], None, f"could not be accepted: {exc}")
 
     async def _accept(self, key: str) -> None:
         """Take a job from the inbox. Each step can be repeated, so a crash halfway is harmless."""
@@ -172,7 +210,13 @@ class Host:
             await self.storage.put(layout.user_job(job.userId, job.jobId), b"")
             await self.storage.put(layout.queue_marker(job.userId, job.jobId), b"")
         except PreconditionFailed:  # accepted before, by a host that stopped halfway: carry on from there
-            job = await self.storage.read(layout.job(job.jobId), Job) or job
+            accepted = await self.storage.read(layout.job(job.jobId), Job)
+            if accepted is not None and msgspec.structs.replace(accepted, submittedAt=None) != msgspec.structs.replace(
+                job, submittedAt=None
+            ):
+                await self._reject(key, name, data, f"jobId {job.jobId!r} is already used by another job")
+                return
+            job = accepted or job
             try:
                 state = await asyncio.to_thread(read_state, self.storage.store, job.jobId or "")
             except NotFound:
@@ -185,8 +229,10 @@ class Host:
         if state.status not in ("done", "failed", "cancelled"):
             self._sender(job.userId).add(JobRun(job, state))
 
-    async def _reject(self, key: str, name: str, data: bytes, reason: str) -> None:
-        await self.storage.put(layout.rejected(name), data)
+    async def _reject(self, key: str, name: str, data: bytes | None, reason: str) -> None:
+        data = data if data is not None else await self.storage.get_bytes(key)
+        if data is not None:
+            await self.storage.put(layout.rejected(name), data)
         await self.storage.write(layout.rejection(name), Rejection(key=key, reason=reason, rejectedAt=utcnow()))
         await self.storage.delete(key)
         logger.warning("inbox document %s rejected: %s", key, reason)
@@ -197,6 +243,19 @@ class Host:
         if user_id not in self.sessions:
             self.sessions[user_id] = Session(user_id, self.backend, self.storage, self.settings.host)
         return self.sessions[user_id]
+
+    async def _known(self, user_id: str) -> bool:
+        return user_id in self.sessions or await self.storage.get_bytes(layout.session_status(user_id)) is not None
+
+    def _in_background(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(
+            lambda done: (
+                done.cancelled() or done.exception() is None or logger.error("%s failed: %s", name, done.exception())
+            )
+        )
 
     def _sender(self, user_id: str) -> AccountSender:
         if user_id not in self.senders:

@@ -73,6 +73,9 @@ class JobRun:
         self.started = time.monotonic()
         self.writing = asyncio.Lock()
         self.cancelling = False
+        # WhatsApp accounts already sent to, and at which position: two spellings of one number that
+        # the lookup resolves to the same JID get one message.
+        self.reached = {r.jid: r.index for r in state.results if r.jid and r.status in ("sent", "unknown")}
 
     @property
     def id(self) -> str:
@@ -240,9 +243,10 @@ class AccountSender:
             run.state.startedAt = utcnow()
 
     async def _wait_for_session(self, run: JobRun, session: Session | None) -> None:
-        reason = "the session is not started" if session is None else f"the session is {session.status.state}"
+        state = "not started" if session is None else session.status.state
+        reason = f"the session is {state}; sending resumes when it is connected"
         if run.state.status != "waiting" or run.state.detail != reason:
-            run.state.status, run.state.detail = "waiting", f"{reason}; sending resumes when it is connected"
+            run.state.status, run.state.detail = "waiting", reason
             await self._checkpoint(run)
             logger.info("user=%s job=%s waiting: %s", self.user_id, run.id, reason)
         if session is not None:
@@ -276,6 +280,11 @@ class AccountSender:
                     result.status, result.error = "not_on_whatsapp", "this number has no WhatsApp account"
                     await self._checkpoint(run, result)
                     return
+                if (first := run.reached.get(jid)) is not None:  # another spelling of a number already reached
+                    result.status, result.jid = "duplicate", jid
+                    result.error = f"the same WhatsApp account as the contact at position {first}"
+                    await self._checkpoint(run, result)
+                    return
                 result.jid = jid
             text = render(run.job, result.index)
             typing = typing_seconds(run.job.antiBanSettings, text)
@@ -287,6 +296,7 @@ class AccountSender:
             result.attempts += 1
             await self._send(run, result, client, text)
             result.status, result.sentAt, result.error = "sent", utcnow(), None
+            run.reached.setdefault(result.jid, result.index)
             self.pacer.record_sent(run)
             await self._count_sent()
         except NotConnected:

@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -261,11 +262,14 @@ class Session:
             await self._set("failed", paired=True, qr=None, qrExpiresAt=None, pairCode=None, detail=str(exc))
             logger.error("user=%s cannot read the stored credentials: %s", self.user_id, exc)
             raise
-        self.auth_path.parent.mkdir(parents=True, exist_ok=True)
+        self.auth_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.auth_path.parent.chmod(0o700)  # the credentials inside are the account itself
         if restored is None:
             self.auth_path.unlink(missing_ok=True)
             return False
-        self.auth_path.write_bytes(restored.blob)
+        self.auth_path.unlink(missing_ok=True)
+        with open(os.open(self.auth_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
+            file.write(restored.blob)
         self._saved_digest = restored.digest if restored.current else None  # not current: re-written at next save
         return True
 

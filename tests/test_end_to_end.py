@@ -202,6 +202,13 @@ def test_sigterm_stops_the_host_cleanly_and_keeps_the_session_for_the_next_start
     log = system.hosts[0].log()
     assert "session stopped: reconnecting" in log and "stopped after" in log
     status = session(system, "u1")
-    assert status["state"] == "reconnecting" and "host stopped" in status["detail"]
+    assert status["state"] == "reconnecting" and status["hostAlive"] is False
+    assert "stopped 0 s ago" in status["detail"] or "stopped 1 s ago" in status["detail"]
+    listed = system.http.get("/sessions").json()
+    assert listed[0]["isConnected"] is False and listed[0]["hostAlive"] is False
+    refused = system.http.post("/send", json={"userId": "u1", "number": "5511900000001", "message": "oi"})
+    assert refused.status_code == 409 and "session host" in refused.json()["detail"]
+    health = system.http.get("/healthz").json()
+    assert health["status"] == "ok" and [h["alive"] for h in health["hosts"]] == [False]
     system.start_host()
     wait_for(lambda: session(system, "u1")["state"] == "connected", what="u1 back after a clean restart")

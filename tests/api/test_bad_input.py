@@ -18,6 +18,32 @@ CASES: list[tuple[str, str, Any, int, str, str]] = [
     # (method, path, body, status, field, words in the reason)
     ("POST", "/send", b"{not json", 400, "body", "not valid JSON"),
     ("POST", "/send", b"[]", 400, "body", "object"),
+    ("POST", "/send", b"[" * 100_000, 400, "body", "Expected `object`"),
+    (
+        "POST",
+        "/send-bulk",
+        b'{"userId": "user1", "contatos": [{"numero": "5511900000001", "x": '
+        + b"[" * 100_000
+        + b"]" * 100_000
+        + b'}], "mensagemBase": "x"}',
+        400,
+        "body",
+        "nested too deeply",
+    ),
+    ("POST", "/send", {"userId": "user1\n", "number": "5511900000001", "message": "x"}, 400, "userId", "letters"),
+    ("GET", "/sessions/user1%0A", None, 400, "userId", "letters"),
+    ("GET", "/connect?userId=user1%0A", None, 400, "userId", "letters"),
+    ("GET", "/jobs/x%0A", None, 400, "jobId", "not a job id"),
+    ("POST", "/send-bulk", {**GOOD_BULK, "imagemUrl": "http://"}, 400, "imagemUrl", "must name a host"),
+    (
+        "POST",
+        "/send-bulk",
+        {**GOOD_BULK, "mensagemBase": "[nome]" * 682, "contatos": [{"nome": "x" * 10_000, "numero": "5511900000001"}]},
+        400,
+        "mensagemBase",
+        "the limit is 4096",
+    ),
+    ("POST", "/send", {"userId": "user1", "number": "-5511900000001", "message": "x"}, 400, "number", "start with"),
     ("POST", "/send", {"number": "5511900000001", "message": "oi"}, 400, "userId", "required"),
     ("POST", "/send", {"userId": "../etc", "number": "1", "message": "x"}, 400, "userId", "letters"),
     ("POST", "/send", {"userId": "a b", "number": "5511900000001", "message": "x"}, 400, "userId", "letters"),
@@ -85,7 +111,7 @@ CASES: list[tuple[str, str, Any, int, str, str]] = [
         ">= 0",
     ),
     ("POST", "/send-bulk", {**GOOD_BULK, "imagemUrl": "file:///etc/passwd"}, 400, "imagemUrl", "http"),
-    ("POST", "/send-bulk", GOOD_BULK, 409, "", "not connected"),
+    ("POST", "/send-bulk", GOOD_BULK, 409, "", "never paired"),
     ("POST", "/send", {"userId": "user1", "number": "5511900000001", "message": "oi"}, 409, "", "not connected"),
     ("POST", "/disconnect", {}, 400, "userId", "required"),
     ("GET", "/?userId=a%2Fb", None, 400, "userId", "letters"),

@@ -98,6 +98,8 @@ def test_case5_logged_out_mid_campaign(s3_store: S3Store, tmp_path: Path) -> Non
             state = await h.job(job_id)
             assert state.status == "waiting" and state.totals.sent == sent and state.totals.pending == 10 - sent
             assert all(r.status == "pending" for r in state.results[sent:])
+            await asyncio.sleep(1.5)  # a waiting job is written once, not again and again
+            assert (await h.job(job_id)).updatedAt == state.updatedAt
             # The next connect shows a fresh QR instead of reusing the dead pairing.
             await h.connect("user1", "5511977770000")
             state = await h.final(job_id)
@@ -166,3 +168,23 @@ async def _collect_until_expired(h: HostHarness, seen: set[str]) -> object:
     if status.qr:
         seen.add(status.qr)
     return status if status.state == "qr_expired" else None
+
+
+def test_two_spellings_of_one_account_get_one_message(s3_store: S3Store, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with HostHarness(s3_store, tmp_path) as h:
+            # The old and the new form of one Brazilian mobile both resolve to the same account.
+            h.world.set_numbers(
+                {"5511987650021": "551187650021@s.whatsapp.net", "551187650021": "551187650021@s.whatsapp.net"}
+            )
+            await h.connect("user1", "5511977770000")
+            job_id = await h.submit("user1", [("Ana", "5511987650021"), ("Ana", "551187650021")])
+            state = await h.final(job_id)
+            assert [(r.status, r.jid) for r in state.results] == [
+                ("sent", "551187650021@s.whatsapp.net"),
+                ("duplicate", "551187650021@s.whatsapp.net"),
+            ]
+            assert state.results[1].error == "the same WhatsApp account as the contact at position 0"
+            assert len(h.world.delivered("user1")) == 1
+
+    asyncio.run(scenario())

@@ -37,8 +37,11 @@ def test_numbers_are_normalised_to_international_digits(given: str | int, expect
         ("55119000000011234567", "not a possible"),
         ("٥٥١١٩٠٠٠٠٠٠٠١", "'٥'"),  # Arabic-Indic digits are not ASCII digits
         ("5511*900", "'*'"),
+        ("-5511900000001", "must start with a digit"),
+        (-5511900000001, "must start with a digit"),
+        ("+-5511900000001", "must start with a digit"),
     ],
 )
-def test_invalid_numbers_say_why(given: str, reason: str) -> None:
+def test_invalid_numbers_say_why(given: str | int, reason: str) -> None:
     with pytest.raises(InvalidNumber, match=reason):
         normalize_number(given, "BR")

@@ -32,6 +32,7 @@ def test_strings_from_the_environment_are_converted() -> None:
         ({"ZAPGATE_HOST_POLL_INTERVAL": "soon"}, "ZAPGATE_HOST_POLL_INTERVAL"),
         ({"ZAPGATE_HOST_POLL_INTERVAL": "0"}, "ZAPGATE_HOST_POLL_INTERVAL"),
         ({"ZAPGATE_API_PORT": "eighty"}, "ZAPGATE_API_PORT"),
+        ({"ZAPGATE_API_PORT": "70000"}, "ZAPGATE_API_PORT"),
         ({"ZAPGATE_WHATSAPP_BACKEND": "fake"}, "ZAPGATE_WHATSAPP_BACKEND"),
         ({"ZAPGATE_STORE": "s3://"}, "ZAPGATE_STORE"),
     ],
