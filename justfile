@@ -10,7 +10,7 @@ default:
 
 # The main job: the API on http://127.0.0.1:8000 and the session host, store in ./data, real WhatsApp.
 run:
-    ZAPGATE_STORE="${ZAPGATE_STORE:-./data/store}" {{python}} -m infra.together
+    {{python}} -m infra.together
 
 # The same with the simulated WhatsApp on http://127.0.0.1:8001, to try it without a phone.
 demo:

@@ -84,7 +84,7 @@ class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    store: str = "./data"
+    store: str = "./data/store"
     default_country: str = "BR"
     webhook_secret: Secret | None = None
     s3: S3Settings = S3Settings()

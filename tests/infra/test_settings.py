@@ -7,7 +7,7 @@ from infra.settings import Secret, SettingsError, load_settings
 
 def test_defaults_are_the_embedded_store_and_real_whatsapp() -> None:
     settings = load_settings({})
-    assert settings.store == "./data" and not settings.store_is_s3
+    assert settings.store == "./data/store" and not settings.store_is_s3
     assert settings.whatsapp.backend == "neonize"
     assert settings.host.id and settings.host.work_dir
 
