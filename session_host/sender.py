@@ -293,8 +293,8 @@ class AccountSender:
                 return  # look again: the session may have dropped, a single send may go first
             if typing > 0:
                 await client.typing(result.jid, typing)
-            result.attempts += 1
             await self._send(run, result, client, text)
+            result.attempts += 1
             result.status, result.sentAt, result.error = "sent", utcnow(), None
             run.reached.setdefault(result.jid, result.index)
             self.pacer.record_sent(run)
@@ -302,16 +302,17 @@ class AccountSender:
         except NotConnected:
             return
         except OutcomeUnknown as exc:
+            result.attempts += 1
             self.pacer.record_sent(run)
             await self._count_sent()
             if not self.honours_message_ids:
                 result.status, result.error = "unknown", f"{exc}; not resent, to avoid a second message"
             else:
                 result.error = f"{exc}; will resend with the same message id"
-        except RateLimited as exc:
-            result.attempts -= 1
+        except RateLimited as exc:  # refused before it left: no attempt spent
             session.pause(exc.retry_after, str(exc))
         except SendRejected as exc:
+            result.attempts += 1
             self.pacer.record_sent(run)
             result.status, result.error = "failed", exc.reason
         if result.status == "pending" and result.attempts >= MAX_ATTEMPTS:

@@ -142,8 +142,13 @@ class SimulatedWorld:
         """The connection breaks now and comes back after ``down_for`` seconds."""
         self._write(f"faults/{user_id}/drop.json", {"down_for": down_for})
 
-    def rate_limit(self, user_id: str, seconds: float) -> None:
-        self._write(f"faults/{user_id}/rate_limit.json", {"until": time.time() + seconds})
+    def rate_limit(self, user_id: str, seconds: float, reason: str = "rate limited by WhatsApp") -> None:
+        """Sends fail with RateLimited for ``seconds``."""
+        self._write(f"faults/{user_id}/rate_limit.json", {"until": time.time() + seconds, "reason": reason})
+
+    def block_new_contacts(self, user_id: str, seconds: float) -> None:
+        """WhatsApp's restriction on messaging new contacts, as it tells the sender."""
+        self.rate_limit(user_id, seconds, "WhatsApp is blocking messages to new contacts from this account")
 
     # -- what arrived --------------------------------------------------------------------------------
 
@@ -302,7 +307,7 @@ class SimulatedClient:
             raise NotConnected("not connected")
         limit = self.world._read(f"faults/{self.user_id}/rate_limit.json")
         if limit and limit["until"] > time.time():
-            raise RateLimited(limit["until"] - time.time())
+            raise RateLimited(limit["until"] - time.time(), limit.get("reason", "rate limited by WhatsApp"))
 
     def _deliver(
         self, jid: str, text: str, message_id: str, image_sha: str | None, mimetype: str | None

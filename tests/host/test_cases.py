@@ -188,3 +188,20 @@ def test_two_spellings_of_one_account_get_one_message(s3_store: S3Store, tmp_pat
             assert len(h.world.delivered("user1")) == 1
 
     asyncio.run(scenario())
+
+
+def test_a_block_on_new_contacts_pauses_the_account_at_once(s3_store: S3Store, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with HostHarness(s3_store, tmp_path) as h:
+            await h.connect("user1", "5511977770000")
+            h.world.block_new_contacts("user1", seconds=2)
+            job_id = await h.submit("user1", [("A", "5511900000001"), ("B", "5511900000002")])
+            status = await h.until_state("user1", "paused")
+            assert "blocking messages to new contacts" in (status.detail or "")
+            await asyncio.sleep(1.0)
+            assert h.world.delivered("user1") == []  # it does not hammer on
+            state = await h.final(job_id)
+            assert state.totals.sent == 2 and [r.attempts for r in state.results] == [1, 1]
+            assert (await h.status("user1")).state == "connected"  # type: ignore[union-attr]
+
+    asyncio.run(scenario())
