@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.engine import bench_distribution, bench_pacing, bench_throughput
+from bench.stats import percentile, summary
 from infra import layout
 from infra.documents import AntiBanSettings, Job, Recipient, SessionStatus, encode
 from infra.jobs import prepare_job
@@ -30,15 +32,6 @@ from infra.settings import S3Settings, Secret
 from infra.store.s3 import S3Store, make_client
 from session_host.whatsapp.simulated import SimulatedWorld
 from tests.conftest import System, wait_for
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def summary(values: list[float]) -> str:
-    return f"p50 {percentile(values, 50) * 1000:7.1f} ms   p99 {percentile(values, 99) * 1000:7.1f} ms"
 
 
 def bulk_body(contacts: int) -> dict[str, object]:
@@ -73,6 +66,36 @@ def bench_accept(system: System, store: S3Store, rounds: int, contacts: int) -> 
         f"  ratio API / PUT                p50 {percentile(api, 50) / percentile(put, 50):5.2f}x   "
         f"p99 {percentile(api, 99) / percentile(put, 99):5.2f}x"
     )
+
+
+def bench_accept_large(system: System, contacts: int) -> None:
+    """One request with ``contacts`` contacts: the time to accept it and the API worker's peak memory."""
+    body = json.dumps(bulk_body(contacts)).encode()
+    worker = _api_worker_pid(system)
+    before = _peak_rss(worker)
+    started = time.perf_counter()
+    answer = system.http.post("/send-bulk", content=body, headers={"content-type": "application/json"}, timeout=120)
+    elapsed = time.perf_counter() - started
+    assert answer.status_code == 202, answer.text
+    after = _peak_rss(worker)
+    print(f"accept /send-bulk, {contacts} contacts in one request ({len(body) / 1e6:.1f} MB)")
+    print(
+        f"  time {elapsed:.2f} s;  API worker peak RSS {before / 1e6:.0f} MB before, {after / 1e6:.0f} MB after "
+        f"({(after - before) / len(body):.1f} bytes of peak per byte of request)"
+    )
+
+
+def _api_worker_pid(system: System) -> int:
+    assert system.api.popen is not None
+    children = Path(f"/proc/{system.api.popen.pid}/task/{system.api.popen.pid}/children").read_text().split()
+    return int(children[0]) if children else system.api.popen.pid
+
+
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def bench_first_message(system: System, store: S3Store, rounds: int, poll: float) -> None:
@@ -117,6 +140,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--contacts", type=int, default=1000)
     parser.add_argument("--poll", type=float, default=1.0, help="the host's poll interval (its default: 1.0)")
+    parser.add_argument("--engine-contacts", type=int, default=500)
     args = parser.parse_args()
     if not os.environ.get("ZAPGATE_S3_ENDPOINT"):
         print("bench: set ZAPGATE_S3_ENDPOINT and credentials, or run `just bench`", file=sys.stderr)
@@ -137,7 +161,13 @@ def main() -> int:
         try:
             system.start()
             bench_accept(system, store, args.rounds, args.contacts)
+            bench_accept_large(system, 100_000)
             bench_first_message(system, store, max(10, args.rounds // 3), args.poll)
+            system.stop()
+            engine_store = S3Store(client, bucket, "engine")
+            bench_throughput(engine_store, Path(tmp), args.engine_contacts)
+            bench_pacing(engine_store, Path(tmp), 40, 200)
+            bench_distribution(engine_store, Path(tmp), 120, 100, 300)
         except (AssertionError, httpx.HTTPError, RuntimeError):
             print(system.logs(), file=sys.stderr)
             raise

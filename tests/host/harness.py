@@ -34,7 +34,9 @@ class HostHarness:
     def __init__(self, store: ObjectStore, tmp: Path, webhook_secret: str | None = None, **host_settings: Any) -> None:
         self.store = store
         self.settings = Settings(
-            host=HostSettings(id="test-host", poll_interval=0.05, work_dir=str(tmp / "work"), **host_settings),
+            host=HostSettings(
+                **{"id": "test-host", "poll_interval": 0.05, "work_dir": str(tmp / "work"), **host_settings}
+            ),
             webhook_secret=Secret(webhook_secret) if webhook_secret else None,
         )
         self.backend = SimulatedBackend(tmp / "whatsapp")
