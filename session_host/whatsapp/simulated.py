@@ -22,6 +22,8 @@ How a test drives it::
     world.scan("user1", phone="5511977770000")   # pairs as soon as a QR is showing
     world.drop_after_next_send("user1", down_for=3)  # message leaves, ack is lost, link down 3 s
     world.rate_limit("user1", seconds=30)
+    world.unreachable("user1", seconds=10)         # connecting fails meanwhile
+    world.temporary_ban("user1", seconds=60)       # WhatsApp bans the account and closes the link
     world.unlink("user1")                         # the user removes the device on the phone
     world.delivered("user1")                      # what arrived, in order, with timestamps
 
@@ -60,6 +62,7 @@ from session_host.whatsapp import (
     SendReceipt,
     SendRejected,
     StreamReplaced,
+    TemporaryBan,
 )
 
 WHATSAPP_QR_TIMEOUTS = (60.0, 20.0, 20.0, 20.0, 20.0, 20.0)
@@ -141,6 +144,16 @@ class SimulatedWorld:
     def drop(self, user_id: str, down_for: float = 3.0) -> None:
         """The connection breaks now and comes back after ``down_for`` seconds."""
         self._write(f"faults/{user_id}/drop.json", {"down_for": down_for})
+
+    def unreachable(self, user_id: str, seconds: float) -> None:
+        """Connecting fails for ``seconds``, as when WhatsApp cannot be reached."""
+        self._write(f"faults/{user_id}/unreachable.json", {"until": time.time() + seconds})
+
+    def temporary_ban(self, user_id: str, seconds: float, reason: str = "too many messages") -> None:
+        """WhatsApp bans the account for ``seconds`` and closes its connection."""
+        self._write(
+            f"faults/{user_id}/ban.json", {"seconds": seconds, "reason": reason, "until": time.time() + seconds}
+        )
 
     def rate_limit(self, user_id: str, seconds: float, reason: str = "rate limited by WhatsApp") -> None:
         """Sends fail with RateLimited for ``seconds``."""
@@ -341,6 +354,11 @@ class SimulatedClient:
     # -- the connection ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        for fault in ("unreachable", "ban"):
+            blocked = self.world._read(f"faults/{self.user_id}/{fault}.json")
+            if blocked and blocked["until"] > time.time():
+                self.emit(Disconnected(reason=f"WhatsApp cannot be reached ({fault}, simulated)", final=True))
+                return
         credentials = self._credentials()
         if credentials is None:
             credentials = await self._pair()
@@ -396,9 +414,18 @@ class SimulatedClient:
                 self.connected = False
                 self.emit(StreamReplaced())
                 return
+            ban = self.world._read(f"faults/{self.user_id}/ban.json")
+            if ban and ban["until"] > time.time():
+                self.connected = False
+                self.emit(TemporaryBan(reason=ban["reason"], expires_in=ban["seconds"]))
+                return
             if (drop := self.world._take(f"faults/{self.user_id}/drop.json")) is not None:
                 self._go_down(drop["down_for"], "connection lost")
             if not self.connected and time.monotonic() >= self._down_until:
+                unreachable = self.world._read(f"faults/{self.user_id}/unreachable.json")
+                if unreachable and unreachable["until"] > time.time():
+                    self.emit(Disconnected(reason="WhatsApp cannot be reached (unreachable, simulated)", final=True))
+                    return
                 self.connected = True
                 self.emit(Connected(jid=credentials.jid))
 
