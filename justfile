@@ -17,6 +17,10 @@ demo:
     ZAPGATE_STORE="${ZAPGATE_STORE:-./demo/store}" ZAPGATE_API_PORT="${ZAPGATE_API_PORT:-8001}" \
     ZAPGATE_WHATSAPP_BACKEND=simulated ZAPGATE_WHATSAPP_SIMULATOR_DIR=./demo/whatsapp {{python}} -m infra.together
 
+# Talk to a running zapgate: `just zg sessions`, `just zg send user1 5511999999999 "Olá"`, `just zg job ID`.
+zg *args:
+    {{python}} -m infra.cli {{args}}
+
 # Drive the demo's simulated WhatsApp: `just sim scan user1`, `just sim delivered`.
 sim *args:
     {{python}} -m session_host.whatsapp.simulated ./demo/whatsapp {{args}}

@@ -212,3 +212,20 @@ def test_sigterm_stops_the_host_cleanly_and_keeps_the_session_for_the_next_start
     assert health["status"] == "ok" and [h["alive"] for h in health["hosts"]] == [False]
     system.start_host()
     wait_for(lambda: session(system, "u1")["state"] == "connected", what="u1 back after a clean restart")
+
+
+def test_the_command_line_sends_and_follows_a_message(system_factory: Any, capsys: Any) -> None:
+    from infra import cli
+
+    system = system_factory()
+    world = SimulatedWorld(system.simulator_dir)
+    world.set_numbers({"5511900000099": None})
+    connect(system, world, "u1", "5511977770001")
+    assert cli.main(["--url", system.url, "send", "u1", "+55 11 90000-0001", "Olá [nome]"]) == 0
+    outcome = json.loads(capsys.readouterr().out)
+    assert (outcome["status"], outcome["outcome"], outcome["number"]) == ("done", "sent", "5511900000001")
+    assert [m.text for m in world.delivered("u1")] == ["Olá [nome]"]  # /send goes as written
+    assert cli.main(["--url", system.url, "send", "u1", "5511900000099", "oi"]) == 1
+    assert json.loads(capsys.readouterr().out)["outcome"] == "not_on_whatsapp"
+    assert cli.main(["--url", system.url, "sessions"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["userId"] == "u1"
