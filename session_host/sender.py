@@ -299,7 +299,8 @@ class AccountSender:
             run.reached.setdefault(result.jid, result.index)
             self.pacer.record_sent(run)
             await self._count_sent()
-        except NotConnected:
+        except NotConnected:  # the session's own events will say more; do not spin meanwhile
+            await asyncio.sleep(_WAIT_TICK / 5)
             return
         except OutcomeUnknown as exc:
             result.attempts += 1

@@ -160,7 +160,14 @@ class WhatsAppBackend(Protocol):
     def new_client(self, user_id: str, auth_path: str, emit: Emit) -> WhatsAppClient: ...
 
 
-def open_backend(backend: str, simulator_dir: str | None) -> WhatsAppBackend:
+def open_backend(backend: str, simulator_dir: str | None, *, isolated: bool = True) -> WhatsAppBackend:
+    """The backend named ``backend``. ``isolated`` (the default) runs each session's client in a worker
+    process of its own (``session_host.whatsapp.worker``), so that a Go panic, a crash or a hang ends
+    one session only; ``isolated=False`` runs the clients in this process (tests, and the workers)."""
+    if isolated:
+        from session_host.whatsapp.worker import WorkerBackend
+
+        return WorkerBackend(backend, simulator_dir)
     if backend == "simulated":
         from session_host.whatsapp.simulated import SimulatedBackend
 
