@@ -21,8 +21,9 @@ A checkpoint writes the job's summary and the one chunk of results that changed
 The account's own limits (daily cap, warm-up, quiet hours: ``session_host.limits``) hold every
 job of the account; a job waits, with the reason in its state, while one of them holds.
 
-Known limit: a transient failure is retried at most MAX_ATTEMPTS times, without a pause of its own
-between attempts beyond the pace.
+A failure the backend reports without a kind of its own (a timeout, a server error) is taken as
+passing: the recipient is tried again after RETRY_BASE seconds, doubling each time, at most
+MAX_ATTEMPTS times in all; then it is ``failed`` with the last reason.
 """
 
 from __future__ import annotations
@@ -53,11 +54,20 @@ from session_host.limits import AccountLimits, Block
 from session_host.media import MediaError, fetch_image
 from session_host.sessions import Session
 from session_host.storage import Storage
-from session_host.whatsapp import NotConnected, OutcomeUnknown, RateLimited, SendRejected, WhatsAppClient
+from session_host.whatsapp import (
+    NotConnected,
+    OutcomeUnknown,
+    RateLimited,
+    SendRejected,
+    WhatsAppClient,
+    WhatsAppError,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
+RETRY_BASE = 2.0  # seconds before the second attempt after a passing failure, doubling after each
+RETRY_MAX = 120.0
 _WAIT_TICK = 0.5
 
 
@@ -73,6 +83,7 @@ class JobRun:
         self.started = time.monotonic()
         self.writing = asyncio.Lock()
         self.cancelling = False
+        self.retry_at = 0.0  # after a passing failure, no attempt before this (monotonic clock)
         # WhatsApp accounts already sent to, and at which position: two spellings of one number that
         # the lookup resolves to the same JID get one message.
         self.reached = {r.jid: r.index for r in state.results if r.jid and r.status in ("sent", "unknown")}
@@ -202,6 +213,11 @@ class AccountSender:
         if run.cancelling:
             await self._cancel(run)
             return
+        if (wait := run.retry_at - time.monotonic()) > 0:  # a passing failure: back off, then try again
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), min(wait, _WAIT_TICK))
+            self._wakeup.clear()
+            return
         if not run.prepared:
             await self._prepare(run)
             return
@@ -316,6 +332,12 @@ class AccountSender:
             result.attempts += 1
             self.pacer.record_sent(run)
             result.status, result.error = "failed", exc.reason
+        except WhatsAppError as exc:  # anything else the backend reports is taken as passing
+            result.attempts += 1
+            delay = min(RETRY_BASE * 2 ** (result.attempts - 1), RETRY_MAX)
+            run.retry_at = time.monotonic() + delay
+            result.error = f"{exc}; trying again in {delay:.0f} s"
+            logger.warning("user=%s job=%s recipient %d: %s", self.user_id, run.id, result.index, result.error)
         if result.status == "pending" and result.attempts >= MAX_ATTEMPTS:
             result.status, result.error = "failed", f"gave up after {result.attempts} attempts: {result.error}"
         await self._checkpoint(run, result)

@@ -63,6 +63,7 @@ from session_host.whatsapp import (
     SendRejected,
     StreamReplaced,
     TemporaryBan,
+    WhatsAppError,
 )
 
 WHATSAPP_QR_TIMEOUTS = (60.0, 20.0, 20.0, 20.0, 20.0, 20.0)
@@ -144,6 +145,10 @@ class SimulatedWorld:
     def drop(self, user_id: str, down_for: float = 3.0) -> None:
         """The connection breaks now and comes back after ``down_for`` seconds."""
         self._write(f"faults/{user_id}/drop.json", {"down_for": down_for})
+
+    def fail_next_sends(self, user_id: str, count: int, reason: str = "server error 500") -> None:
+        """The next ``count`` sends fail with a passing error, before anything leaves."""
+        self._write(f"faults/{user_id}/fail_sends.json", {"count": count, "reason": reason})
 
     def unreachable(self, user_id: str, seconds: float) -> None:
         """Connecting fails for ``seconds``, as when WhatsApp cannot be reached."""
@@ -326,6 +331,10 @@ class SimulatedClient:
         self, jid: str, text: str, message_id: str, image_sha: str | None, mimetype: str | None
     ) -> SendReceipt:
         self._check_sendable()
+        if (failing := self.world._take(f"faults/{self.user_id}/fail_sends.json")) is not None:
+            if failing["count"] > 1:
+                self.world._write(f"faults/{self.user_id}/fail_sends.json", {**failing, "count": failing["count"] - 1})
+            raise WhatsAppError(failing["reason"])
         if not self.world.has_account(jid):
             raise SendRejected(f"{jid} has no WhatsApp account")
         assert self.jid is not None

@@ -54,3 +54,30 @@ def test_a_temporary_ban_pauses_the_account_and_it_comes_back_after_it(s3_store:
 async def _reconnecting_because(h: HostHarness, words: str) -> object:
     status = await h.status("u1")
     return status if status and status.state == "reconnecting" and words in (status.detail or "") else None
+
+
+def test_a_passing_send_failure_is_retried_with_backoff(
+    s3_store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from session_host import sender
+
+    monkeypatch.setattr(sender, "RETRY_BASE", 0.4)
+
+    async def scenario() -> None:
+        async with HostHarness(s3_store, tmp_path) as h:
+            await h.connect("u1", "5511977770001")
+            h.world.fail_next_sends("u1", 2)
+            started = asyncio.get_running_loop().time()
+            job_id = await h.submit("u1", [("Ana", "5511900000001")])
+            state = await h.final(job_id)
+            assert state.totals.sent == 1 and state.results[0].attempts == 3
+            assert asyncio.get_running_loop().time() - started >= 0.4 + 0.8  # two pauses, doubling
+            assert len(h.world.delivered("u1")) == 1
+
+            h.world.fail_next_sends("u1", 9, reason="server error 503")
+            job_id = await h.submit("u1", [("Bia", "5511900000002")])
+            state = await h.final(job_id, timeout=30)
+            assert state.results[0].status == "failed" and state.results[0].attempts == sender.MAX_ATTEMPTS
+            assert "server error 503" in (state.results[0].error or "")
+
+    asyncio.run(scenario())
