@@ -38,8 +38,8 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class Input(msgspec.Struct, forbid_unknown_fields=True):
-    """Base of every input document: an unknown field is an error that names it."""
+class Input(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Base of every input document: an unknown field is an error that names it; read-only once read."""
 
 
 class AntiBanSettings(Input, frozen=True):

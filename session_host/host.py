@@ -251,11 +251,7 @@ class Host:
         task = asyncio.create_task(coroutine, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        task.add_done_callback(
-            lambda done: (
-                done.cancelled() or done.exception() is None or logger.error("%s failed: %s", name, done.exception())
-            )
-        )
+        task.add_done_callback(_log_failure)
 
     def _sender(self, user_id: str) -> AccountSender:
         if user_id not in self.senders:
@@ -294,3 +290,8 @@ class Host:
                     )
                 except Exception:
                     logger.exception("user=%s clean stop failed", session.user_id)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.error("%s failed: %s", task.get_name(), error)

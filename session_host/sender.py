@@ -205,7 +205,7 @@ class AccountSender:
         self.runs = [run for run in self.runs if not run.finished]
         ready = [run for run in self.runs if run.state.status != "paused" or run.cancelling]
         singles = [run for run in ready if run.job.kind == "single"]
-        return (singles or ready or [None])[0]
+        return next(iter(singles or ready), None)
 
     # -- one step: prepare, wait, or send to one recipient --------------------------------------------
 

@@ -79,9 +79,11 @@ class Session:
             self.status.pairedAt = previous.pairedAt if previous else None
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()  # one per client: a closed one's late events stay out
-        self.client = self.backend.new_client(
-            self.user_id, str(self.auth_path), lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
-        )
+
+        def emit(event: Event) -> None:  # called from the client's threads too
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        self.client = self.backend.new_client(self.user_id, str(self.auth_path), emit)
         self._started_at = time.monotonic()
         await self._set("starting", paired=paired, detail=None, qr=None, qrExpiresAt=None, pairCode=None)
         logger.info("user=%s session starting (%s)", self.user_id, "stored credentials" if paired else "new pairing")

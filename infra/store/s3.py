@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,29 +100,21 @@ def make_client(settings: S3Settings) -> Any:
     )
 
 
-class _translated:
+@contextlib.contextmanager
+def _translated(key: str) -> Iterator[None]:
     """Turn botocore's exceptions into the store's error tree."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> bool:
-        if exc is None:
-            return False
-        if isinstance(exc, botocore.exceptions.ClientError):
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code", ""))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code in _MISSING_CODES or (status == 404 and code != "NoSuchBucket"):
-                raise NotFound(self.key) from None
-            if code in _PRECONDITION_CODES or status == 412:
-                raise PreconditionFailed(self.key) from None
-            if code == "NoSuchBucket":
-                raise StoreUnavailable(f"the bucket does not exist ({error.get('Message', code)})") from None
-            raise StoreUnavailable(f"S3 answered {status} {code}: {error.get('Message', '')}".strip()) from None
-        if isinstance(exc, botocore.exceptions.BotoCoreError):
-            raise StoreUnavailable(f"S3 could not be reached: {exc}") from None
-        return False
+    try:
+        yield
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _MISSING_CODES or (status == 404 and code != "NoSuchBucket"):
+            raise NotFound(key) from None
+        if code in _PRECONDITION_CODES or status == 412:
+            raise PreconditionFailed(key) from None
+        if code == "NoSuchBucket":
+            raise StoreUnavailable(f"the bucket does not exist ({error.get('Message', code)})") from None
+        raise StoreUnavailable(f"S3 answered {status} {code}: {error.get('Message', '')}".strip()) from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise StoreUnavailable(f"S3 could not be reached: {exc}") from None
