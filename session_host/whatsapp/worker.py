@@ -2,10 +2,15 @@
 
 neonize 0.5.2 (Go inside Python) aborts the whole process with a Go panic on some calls, and
 concurrent connects in one process crashed it now and then. ``WorkerBackend`` wraps another backend
-by name (``neonize`` or ``simulated``) and gives the host ``WorkerClient``\\ s: each one starts
-``python -m session_host.whatsapp.worker`` (a fresh interpreter, never a fork: a Go runtime does not
-survive fork), where the real client lives, and forwards every call and event over the child's
-stdin and stdout. A crash, a Go panic, ``kill -9`` or a hang then ends one session only:
+by name (``neonize`` or ``simulated``) and gives the host ``WorkerClient``\\ s: each one starts a
+worker process, where the real client lives, and forwards every call and event to it. The worker is
+forked from the zygote (``session_host.whatsapp.zygote``): multiprocessing's fork server, which has
+imported neonize's dependencies once but never neonize itself (importing neonize loads its Go
+library, and a Go runtime does not survive fork); the worker imports neonize after the fork and
+talks over its end of a ``socketpair``. If the zygote cannot be used, the worker is a fresh
+interpreter, ``python -m session_host.whatsapp.worker``, talking over its stdin and stdout (said once
+in the log); ``WorkerBackend(zygote=False)`` always starts those. A crash, a Go panic, ``kill -9`` or a
+hang then ends one session only:
 
 * every request that is waiting fails with ``NotConnected``, or with ``OutcomeUnknown`` for a send
   that was in flight (the message may have left);
@@ -15,14 +20,16 @@ stdin and stdout. A crash, a Go panic, ``kill -9`` or a hang then ends one sessi
 
 A call that gets no answer in time (``Timeouts``) gets the worker killed and is treated as above; an
 idle worker is pinged every ``Timeouts.ping_interval`` seconds, so a frozen one is noticed too.
-``stop()`` asks the worker to stop its client, closes its stdin, waits ``Timeouts.exit`` seconds,
-then kills it; the process is always waited for (no zombies). A worker whose stdin closes (the host
-stopped or died) stops its client and exits by itself; it ignores SIGINT and SIGTERM, which a
-terminal or a service manager sends to the whole process group, so that the host can still save
-the credentials through it while shutting down.
+``stop()`` asks the worker to stop its client, ends its input (half-closes the socket, or closes its
+stdin), waits ``Timeouts.exit`` seconds, then kills it; the process is always waited for, no zombies
+(the fork server reaps the workers it forked and passes their exit codes on). A worker whose input
+ends (the host stopped or died) stops its client and exits by itself; workers and the fork server
+ignore SIGINT and SIGTERM, which a terminal or a service manager sends to the whole process group,
+so that the host can still save the credentials through them while shutting down.
 
 Wire format: length-prefixed msgpack frames (a 4-byte big-endian length, then one msgspec-encoded
-value; no pickle), over the child's stdin (host to worker) and stdout (worker to host)::
+value; no pickle), both ways over the socket, or over the child's stdin (host to worker) and stdout
+(worker to host)::
 
     host -> worker   Call(id, request)    request: Start | Stop | Logout | PairPhone | Lookup | SendText
                                                    | SendImage | Typing | ExportAuth | Ping
@@ -31,17 +38,29 @@ value; no pickle), over the child's stdin (host to worker) and stdout (worker to
                      Failed(id, error)    WireError(kind, message, retry_after): the boundary's exceptions
                      Emitted(event)       one of the boundary's ``Event`` Structs, unchanged
 
-The worker moves the protocol to private descriptors at start and points its fd 0 at /dev/null and
-fd 1 at stderr, so a stray print (Python's or Go's) cannot corrupt the stream. It logs to the
-inherited stderr in the host's format, ``user=…`` first.
+Only the start of a forked worker goes through multiprocessing (with pickle): its entry point, its
+arguments and the environment, plain strings. A forked worker closes every descriptor it inherited
+but its socket and stderr; a fresh one moves the protocol to private descriptors at start. Either
+way fd 0 is /dev/null and fd 1 is stderr, so a stray print (Python's or Go's) cannot corrupt the
+stream. The worker logs to the host's stderr in the host's format, ``user=…`` first, and is named
+``zapgate-worker`` (``/proc/PID/comm``: what ps and top show; the fork server is ``zapgate-zygote``).
 
 Known limits:
 
-* Isolation costs one Python interpreter per session: with neonize, 45 MB PSS per idle session
-  (``bench/memory.py``), nearly all of it private heap from what ``import neonize`` pulls in (httpx,
-  requests, bs4, PIL, its protobufs, ~12 MB of its own); the Go library's pages are shared.
-* ``start()`` waits until the worker has come up (imports done, client built): about 0.2 s with the
-  simulated backend, 0.5 to 1 s with neonize; the host starts its sessions one after another.
+* Isolation costs a process per session. With neonize, an idle session takes 22 MB PSS at 50
+  sessions, 27 MB at 10 and 80 MB alone, the zygote's share counted in (the fork server and
+  multiprocessing's resource tracker: 22 to 34 MB in all); fresh interpreters took 45, 47 and 60 MB
+  (``python -m bench.memory --mode both``, same run). What stays a worker's own is mostly what cannot
+  be preloaded: neonize's modules (its protobufs) and the Go runtime. A page shared with the fork
+  server becomes a worker's own once the worker writes to it (a reference count it changes), so
+  busy sessions share less than idle ones.
+* ``start()`` waits until the worker has come up (client built). Forked: about 0.01 s with the
+  simulated backend and 0.1 s with neonize (which it imports then), plus about 0.5 s for the first,
+  which starts the fork server. Fresh interpreters: about 0.2 s and 0.5 to 1 s. The host starts its
+  sessions one after another.
+* If the fork server dies, the workers it forked run on, but their exit codes are lost with it (the
+  reason for their end says so) and init reaps them, unless the host is their reaper (PID 1 of a
+  container); the next worker starts a new fork server.
 * A call that legitimately takes longer than its timeout (a big upload on a slow link) is taken for a
   hang: the worker is killed and the session starts again.
 * ``export_auth()`` returns None when no worker is running: what changed since the last save in a
@@ -54,17 +73,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
 import signal
+import socket
 import struct
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
@@ -87,6 +108,9 @@ from session_host.whatsapp import (
     open_backend,
 )
 
+if TYPE_CHECKING:
+    from session_host.whatsapp import zygote
+
 logger = logging.getLogger(__spec__.name if __spec__ else __name__)  # not "__main__" in the worker
 
 MAX_FRAME = 64 * 1024 * 1024
@@ -97,6 +121,8 @@ STOP_TIMEOUT = 15.0  # neonize gives its connect thread 10 s to return
 GONE_PAUSE = 0.05
 _HEADER = struct.Struct(">I")
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
+MAIN_ENTRY = "session_host.whatsapp.worker:main"  # what a forked worker runs: main(argv, protocol_fd)
+PROCESS_NAME = "zapgate-worker"  # a worker's /proc/PID/comm, forked or not (what ps and top show)
 
 
 # -- the wire format -------------------------------------------------------------------------------
@@ -203,12 +229,16 @@ def encode_frame(message: Call | FromWorker) -> bytes:
 
 
 async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
-    """The next frame's body, or None at a clean end of stream."""
+    """The next frame's body, or None at the end of the stream: a clean end, or the other side gone
+    (a socket reports a reset when a frame it had not read was waiting, or a broken pipe once a write
+    to it failed: one transport carries both directions)."""
     try:
         header = await reader.readexactly(_HEADER.size)
     except asyncio.IncompleteReadError as exc:
         if exc.partial:
             raise ProtocolError("the stream ended inside a frame header") from None
+        return None
+    except ConnectionError:
         return None
     (size,) = _HEADER.unpack(header)
     if size > MAX_FRAME:
@@ -217,6 +247,8 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
         return await reader.readexactly(size)
     except asyncio.IncompleteReadError:
         raise ProtocolError("the stream ended inside a frame") from None
+    except ConnectionError:
+        return None  # gone: what it meant to say no longer matters
 
 
 def decode_call(body: bytes) -> Call:
@@ -290,28 +322,56 @@ def inner_backend_class(name: str) -> type:
     raise ValueError(f"no WhatsApp backend named {name!r}")
 
 
-class WorkerBackend:
-    """A ``WhatsAppBackend`` whose clients each run the ``inner`` backend's client in a worker process."""
+@dataclass(frozen=True)
+class Fork:
+    """Start a worker as a fork of the zygote (``session_host.whatsapp.zygote``) that runs
+    ``entry(argv, protocol_fd)``; or, when the zygote cannot be used, ``command``, a fresh interpreter
+    speaking on its stdin and stdout."""
 
-    def __init__(self, inner: str, simulator_dir: str | None = None, *, timeouts: Timeouts | None = None) -> None:
+    entry: str
+    argv: tuple[str, ...]
+    command: tuple[str, ...]
+
+
+class WorkerBackend:
+    """A ``WhatsAppBackend`` whose clients each run the ``inner`` backend's client in a worker process:
+    forked from the zygote, or (``zygote=False``) a fresh interpreter each."""
+
+    def __init__(
+        self,
+        inner: str,
+        simulator_dir: str | None = None,
+        *,
+        timeouts: Timeouts | None = None,
+        zygote: bool = True,
+    ) -> None:
         inner_class = inner_backend_class(inner)
         if inner == "simulated" and not simulator_dir:
             raise ValueError("the simulated backend needs a simulator directory")
         self.inner = inner
         self.simulator_dir = simulator_dir
         self.timeouts = timeouts or Timeouts()
+        self.zygote = zygote
         self.name: str = inner_class.name
         self.honours_message_ids: bool = inner_class.honours_message_ids
 
     def new_client(self, user_id: str, auth_path: str, emit: Emit) -> WorkerClient:
-        return WorkerClient(self.command(user_id, auth_path), user_id, emit, self.timeouts)
+        command = self.command(user_id, auth_path)
+        if not self.zygote:
+            return WorkerClient(command, user_id, emit, self.timeouts)
+        fork = Fork(MAIN_ENTRY, tuple(self.arguments(user_id, auth_path)), tuple(command))
+        return WorkerClient(fork, user_id, emit, self.timeouts)
+
+    def arguments(self, user_id: str, auth_path: str) -> list[str]:
+        """The worker's command line arguments (``main``'s ``argv``)."""
+        arguments = ["--backend", self.inner, "--user", user_id, "--auth", auth_path]
+        if self.simulator_dir:
+            arguments += ["--simulator-dir", self.simulator_dir]
+        return arguments
 
     def command(self, user_id: str, auth_path: str) -> list[str]:
-        command = [sys.executable, "-m", "session_host.whatsapp.worker", "--backend", self.inner]
-        command += ["--user", user_id, "--auth", auth_path]
-        if self.simulator_dir:
-            command += ["--simulator-dir", self.simulator_dir]
-        return command
+        """The worker as a fresh interpreter."""
+        return [sys.executable, "-m", "session_host.whatsapp.worker", *self.arguments(user_id, auth_path)]
 
 
 @dataclass(slots=True)
@@ -321,17 +381,36 @@ class _Pending:
     sends: bool  # the message may leave once the worker has the request
 
 
-class _Worker:
-    """One worker process and the calls waiting for it."""
+class _Process(Protocol):
+    """What the client needs of a worker process: ``asyncio.subprocess.Process`` or ``zygote.ForkedProcess``."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+    async def wait(self) -> int | None: ...
+
+
+class _Worker:
+    """One worker process, its protocol stream, and the calls waiting for it."""
+
+    def __init__(
+        self, process: _Process, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, forked: bool
+    ) -> None:
         self.process = process
+        self.reader = reader
+        self.writer = writer
+        self.forked = forked
         self.pending: dict[int, _Pending] = {}
         self.ids = itertools.count(1)
         self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.gone = False  # the process ended (or is being killed): no request reaches it any more
         self.hung: str | None = None  # why it was killed, when it stopped answering
-        self.reader: asyncio.Task[None] | None = None
+        self.reader_task: asyncio.Task[None] | None = None
         self.pinger: asyncio.Task[None] | None = None
 
 
@@ -341,8 +420,10 @@ _ENDING_EVENTS = (QrExpired, LoggedOut, StreamReplaced, TemporaryBan)
 class WorkerClient:
     """Implements ``WhatsAppClient`` by forwarding to a worker process (see the module docstring)."""
 
-    def __init__(self, command: Sequence[str], user_id: str, emit: Emit, timeouts: Timeouts | None = None) -> None:
-        self.command = list(command)
+    def __init__(
+        self, launch: Sequence[str] | Fork, user_id: str, emit: Emit, timeouts: Timeouts | None = None
+    ) -> None:
+        self.launch = launch if isinstance(launch, Fork) else list(launch)  # a Fork, or a command to run
         self.user_id = user_id
         self._emit = emit
         self._timeouts = timeouts or Timeouts()
@@ -414,24 +495,60 @@ class WorkerClient:
         if self._running():
             return True
         try:
-            process = await asyncio.create_subprocess_exec(
-                *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=_worker_env()
-            )
+            worker = self._worker = await self._launch()
         except OSError as exc:
             self._report_end(f"cannot start the session worker: {exc}")
             return False
-        worker = self._worker = _Worker(process)
-        worker.reader = asyncio.create_task(self._read(worker), name=f"worker-reader-{self.user_id}")
+        process = worker.process
+        worker.reader_task = asyncio.create_task(self._read(worker), name=f"worker-reader-{self.user_id}")
         try:
             ready = await asyncio.wait_for(asyncio.shield(worker.ready), self._timeouts.spawn)
         except TimeoutError:
             self._kill(worker, f"session worker hung: not ready within {self._timeouts.spawn:g} s")
-            await asyncio.shield(worker.reader)
+            await asyncio.shield(worker.reader_task)
             return False
         if ready:
-            logger.info("user=%s session worker pid=%d ready", self.user_id, process.pid)
+            how = "forked from the zygote" if worker.forked else "a fresh interpreter"
+            logger.info("user=%s session worker pid=%d ready (%s)", self.user_id, process.pid, how)
             worker.pinger = asyncio.create_task(self._ping(worker), name=f"worker-ping-{self.user_id}")
         return ready
+
+    async def _launch(self) -> _Worker:
+        """A new worker process: forked from the zygote, or a fresh interpreter (the fallback)."""
+        command = self.launch
+        if isinstance(command, Fork):
+            from session_host.whatsapp import zygote
+
+            try:
+                forked = await self._fork(command)
+            except zygote.ZygoteUnavailable:  # said in the log once
+                command = list(command.command)
+            else:
+                child = zygote.ForkedProcess(forked)  # collects the exit code, whatever happens next
+                try:
+                    reader, writer = await asyncio.open_unix_connection(sock=forked.socket)
+                except BaseException:
+                    forked.socket.close()  # the worker exits at EOF
+                    raise
+                return _Worker(child, reader, writer, forked=True)
+        process = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=_worker_env()
+        )
+        assert process.stdin is not None and process.stdout is not None
+        return _Worker(process, process.stdout, process.stdin, forked=False)
+
+    async def _fork(self, fork: Fork) -> zygote.Forked:
+        """Ask the zygote for a worker, in a thread (it blocks while the fork server starts)."""
+        from session_host.whatsapp import zygote
+
+        name = f"{PROCESS_NAME} {self.user_id}"
+        request = functools.partial(zygote.fork_worker, fork.entry, fork.argv, name=name, timeout=self._timeouts.spawn)
+        future = asyncio.get_running_loop().run_in_executor(None, request)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_discard_forked)
+            raise
 
     def _running(self) -> bool:
         return self._worker is not None and not self._worker.gone
@@ -446,12 +563,10 @@ class WorkerClient:
         pending = worker.pending[call_id] = _Pending(asyncio.get_running_loop().create_future(), op, sends)
         try:
             async with asyncio.timeout(timeout):
-                stdin = worker.process.stdin
-                assert stdin is not None
-                stdin.write(encode_frame(Call(id=call_id, request=request)))
-                await stdin.drain()
+                worker.writer.write(encode_frame(Call(id=call_id, request=request)))
+                await worker.writer.drain()
                 value = await pending.future
-        except (BrokenPipeError, ConnectionResetError) as exc:
+        except ConnectionError as exc:
             raise NotConnected(f"the session worker is gone: {exc}") from None  # the request never arrived
         except TimeoutError:
             self._kill(worker, f"session worker hung: no answer to {op} within {timeout:g} s")
@@ -461,17 +576,16 @@ class WorkerClient:
         return msgspec.convert(value, result)
 
     async def _read(self, worker: _Worker) -> None:
-        """Take the worker's messages until its stdout ends, then wait for it and report its end."""
-        stdout = worker.process.stdout
-        assert stdout is not None
+        """Take the worker's messages until its stream ends, then wait for it and report its end."""
         try:
-            while (body := await read_frame(stdout)) is not None:
+            while (body := await read_frame(worker.reader)) is not None:
                 self._dispatch(worker, decode_from_worker(body))
         except (ProtocolError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             if worker.process.returncode is None:
                 logger.error("user=%s session worker sent a malformed message: %s", self.user_id, exc)
                 self._kill(worker, f"session worker broke the protocol: {exc}")
         code = await self._wait_exit(worker)
+        worker.writer.close()
         self._lost(worker, worker.hung or _exit_reason(code))
 
     def _dispatch(self, worker: _Worker, message: FromWorker) -> None:
@@ -500,7 +614,7 @@ class WorkerClient:
                 await self._call(Ping(), self._timeouts.control)
 
     def _kill(self, worker: _Worker, reason: str) -> None:
-        """SIGKILL: the worker ignores SIGTERM (its host ends it by closing its stdin)."""
+        """SIGKILL: the worker ignores SIGTERM (its host ends it by closing its stream)."""
         worker.gone = True
         if worker.hung is None and worker.process.returncode is None:
             worker.hung = reason
@@ -508,7 +622,7 @@ class WorkerClient:
             with contextlib.suppress(ProcessLookupError):
                 worker.process.kill()
 
-    async def _wait_exit(self, worker: _Worker) -> int:
+    async def _wait_exit(self, worker: _Worker) -> int | None:
         """The exit code, once the process is gone (killed if it lingers ``Timeouts.exit`` seconds)."""
         with contextlib.suppress(TimeoutError):
             return await asyncio.wait_for(worker.process.wait(), self._timeouts.exit)
@@ -537,16 +651,17 @@ class WorkerClient:
         self._forward(Disconnected(reason=reason, final=True))
 
     async def _close(self, worker: _Worker) -> None:
-        """Close the worker's stdin (it exits at EOF) and wait until it is gone, killing it if it lingers."""
+        """End the worker's input (it exits at EOF) and wait until it is gone, killing it if it lingers.
+        Its output is read on until it ends: it may still report something while stopping."""
         worker.gone = True  # no more requests: they could only be lost
-        stdin = worker.process.stdin
-        if stdin is not None and not stdin.is_closing():
-            stdin.close()
-        assert worker.reader is not None
-        _, lingering = await asyncio.wait({worker.reader}, timeout=self._timeouts.exit)
+        if not worker.writer.is_closing():
+            with contextlib.suppress(OSError):
+                worker.writer.write_eof()  # a socket's half-close, or a pipe's close
+        assert worker.reader_task is not None
+        _, lingering = await asyncio.wait({worker.reader_task}, timeout=self._timeouts.exit)
         if lingering:
             self._kill(worker, f"session worker did not exit within {self._timeouts.exit:g} s of its stop")
-        await asyncio.shield(worker.reader)  # it reports the exit, once the process has been waited for
+        await asyncio.shield(worker.reader_task)  # it reports the exit, once the process has been waited for
 
     def _forward(self, event: Event) -> None:
         try:
@@ -565,7 +680,15 @@ def _lost_call_error(pending: _Pending, reason: str) -> WhatsAppError:
     return NotConnected(f"{reason} during {pending.op}")
 
 
-def _exit_reason(code: int) -> str:
+def _discard_forked(future: asyncio.Future[zygote.Forked]) -> None:
+    """A worker forked for a ``spawn()`` that was cancelled meanwhile: let it go (it exits at EOF)."""
+    if not future.cancelled() and future.exception() is None:
+        future.result().discard()
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "session worker exited; its exit code was lost with the fork server that had started it"
     if code < 0:
         with contextlib.suppress(ValueError):
             return f"session worker exited with code {code} ({signal.Signals(-code).name})"
@@ -647,9 +770,12 @@ async def _answer(client: WhatsAppClient, call: Call, channel: _Channel) -> None
 MakeClient = Callable[[Emit], WhatsAppClient]
 
 
-async def serve(make_client: MakeClient, user_id: str, protocol_in: int, protocol_out: int) -> int:
+Stream = int | tuple[int, int]  # a socket's descriptor, or two pipes' (from the host, to the host)
+
+
+async def serve(make_client: MakeClient, user_id: str, protocol: Stream) -> int:
     """Build the inner client, answer calls until the host closes the stream, stop the client."""
-    reader, channel = await _open_stream(protocol_in, protocol_out)
+    reader, channel = await _open_stream(protocol)
     client = make_client(channel.emit)
     channel.send(Ready())
     logger.info("user=%s session worker pid=%d serving a %s", user_id, os.getpid(), type(client).__name__)
@@ -668,7 +794,11 @@ async def serve(make_client: MakeClient, user_id: str, protocol_in: int, protoco
     return 0
 
 
-async def _open_stream(protocol_in: int, protocol_out: int) -> tuple[asyncio.StreamReader, _Channel]:
+async def _open_stream(stream: Stream) -> tuple[asyncio.StreamReader, _Channel]:
+    if isinstance(stream, int):
+        reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=stream))
+        return reader, _Channel(writer)
+    protocol_in, protocol_out = stream
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(protocol_in, "rb", 0))
@@ -696,9 +826,10 @@ def _take_protocol_descriptors() -> tuple[int, int]:
     return protocol_in, protocol_out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, protocol: int | None = None) -> int:
     """``python -m session_host.whatsapp.worker --backend NAME --user ID --auth PATH [--simulator-dir DIR]``,
-    started by ``WorkerClient``, speaking the wire format on stdin and stdout."""
+    started by ``WorkerClient``, speaking the wire format on stdin and stdout; or, forked from the
+    zygote, ``main(argv, protocol)`` on the socket ``protocol``."""
     parser = argparse.ArgumentParser(prog="python -m session_host.whatsapp.worker")
     parser.add_argument("--backend", required=True, choices=("neonize", "simulated"))
     parser.add_argument("--user", required=True)
@@ -709,19 +840,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     def make_client(emit: Emit) -> WhatsAppClient:
         return open_backend(args.backend, args.simulator_dir, isolated=False).new_client(args.user, args.auth, emit)
 
-    return run_worker(make_client, args.user)
+    return run_worker(make_client, args.user, protocol)
 
 
-def run_worker(make_client: MakeClient, user_id: str) -> int:
-    """Be a session worker on this process's stdin and stdout; the exit code to end with."""
+def run_worker(make_client: MakeClient, user_id: str, protocol: int | None = None) -> int:
+    """Be a session worker on the socket ``protocol``, or on this process's stdin and stdout; the exit
+    code to end with."""
     # Ctrl-C in a terminal, or a service manager's SIGTERM to the whole group, is for the host: it
-    # saves the credentials through us, then closes our stdin.
+    # saves the credentials through us, then closes our stream.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    protocol_in, protocol_out = _take_protocol_descriptors()
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write(PROCESS_NAME)
+    stream: Stream = _take_protocol_descriptors() if protocol is None else protocol
     setup_logging()
     try:
-        return asyncio.run(serve(make_client, user_id, protocol_in, protocol_out))
+        return asyncio.run(serve(make_client, user_id, stream))
     except Exception:
         logger.exception("user=%s session worker failed", user_id)
         return 3

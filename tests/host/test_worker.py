@@ -1,10 +1,15 @@
-"""One worker process per session: the wire format, a client in a real worker process, and the host
-on the real S3 server surviving a worker killed with SIGKILL or frozen with SIGSTOP."""
+"""One worker process per session: the wire format, a client in a real worker process (forked from the
+zygote, or a fresh interpreter), the zygote itself, and the host on the real S3 server surviving a
+worker killed with SIGKILL or frozen with SIGSTOP."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import ctypes
+import json
+import logging
 import os
 import re
 import signal
@@ -37,13 +42,18 @@ from session_host.whatsapp import (
     TemporaryBan,
     WhatsAppError,
     open_backend,
+    zygote,
 )
+from session_host.whatsapp.neonize_client import NeonizeClient
 from session_host.whatsapp.simulated import SimulatedBackend, SimulatedWorld
 from session_host.whatsapp.worker import (
+    MAIN_ENTRY,
+    PROCESS_NAME,
     Call,
     Emitted,
     ExportAuth,
     Failed,
+    Fork,
     Logout,
     Lookup,
     PairPhone,
@@ -65,6 +75,7 @@ from session_host.whatsapp.worker import (
     error_from_wire,
     error_to_wire,
     read_frame,
+    run_worker,
 )
 from tests.host.harness import HostHarness, until
 
@@ -207,25 +218,59 @@ def reaped(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists()
 
 
+def process_state(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, or None once it is reaped."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def parent_pid(pid: int) -> int | None:
+    state = process_state(pid)
+    return None if state is None else state[1]
+
+
+def ended(pid: int) -> bool:
+    """Not running any more: reaped, or a zombie that init has not reaped (this machine's init does not)."""
+    state = process_state(pid)
+    return state is None or state[0] in ("Z", "X")
+
+
+def comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
 def worker_children() -> list[str]:
-    """This process's children that are workers, or zombies of anything."""
-    found = []
+    """This process's descendants (forked workers are the fork server's children) that are workers, or
+    zombies of anything."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
     for stat in Path("/proc").glob("[0-9]*/stat"):
+        if (state := process_state(int(stat.parent.name))) is not None:
+            children[state[1]].append(int(stat.parent.name))
+    descendants, waiting, found = [], list(children[os.getpid()]), []
+    while waiting:
+        pid = waiting.pop()
+        descendants.append(pid)
+        waiting.extend(children.get(pid, []))
+    for pid in sorted(descendants):
+        state = process_state(pid)
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            name = comm(pid)
+        except OSError:
             continue
-        if int(fields[1]) == os.getpid() and (fields[0] == "Z" or "session_host.whatsapp.worker" in cmdline):
-            found.append(f"{stat.parent.name} {fields[0]} {cmdline}")
+        if state and (state[0] == "Z" or name == PROCESS_NAME or "session_host.whatsapp.worker" in cmdline):
+            found.append(f"{pid} {state[0]} {name} {cmdline[:200]}")
     return found
 
 
 async def connected_client(
-    tmp_path: Path, events: Events, timeouts: Timeouts | None = None
+    tmp_path: Path, events: Events, timeouts: Timeouts | None = None, *, zygote: bool = True
 ) -> tuple[WorkerClient, SimulatedWorld]:
     world = SimulatedWorld(tmp_path / "wa")
-    backend = WorkerBackend("simulated", str(world.root), timeouts=timeouts)
+    backend = WorkerBackend("simulated", str(world.root), timeouts=timeouts, zygote=zygote)
     client = backend.new_client("u1", str(tmp_path / "work" / "u1" / "auth.db"), events)
     await client.start()
     await wait_until(lambda: any(isinstance(e, QrCode) for e in events.seen), 10, "a QR code")
@@ -234,12 +279,17 @@ async def connected_client(
     return client, world
 
 
-def test_a_client_in_a_worker_process_sends_and_maps_the_inner_clients_errors(tmp_path: Path) -> None:
+MODES = pytest.mark.parametrize("forked", [True, False], ids=["forked", "fresh"])
+
+
+@MODES
+def test_a_client_in_a_worker_process_sends_and_maps_the_inner_clients_errors(tmp_path: Path, forked: bool) -> None:
     async def scenario() -> None:
         events = Events()
-        client, world = await connected_client(tmp_path, events)
+        client, world = await connected_client(tmp_path, events, zygote=forked)
         pid = client.pid
         assert pid is not None and pid != os.getpid()
+        assert parent_pid(pid) == (zygote.fork_server_pid() if forked else os.getpid())
         world.set_numbers({"5511900000099": None})
         found = await client.lookup(["5511900000001", "5511900000099"])
         assert found == {"5511900000001": "5511900000001@s.whatsapp.net", "5511900000099": None}
@@ -264,10 +314,11 @@ def test_a_client_in_a_worker_process_sends_and_maps_the_inner_clients_errors(tm
     assert worker_children() == []
 
 
-def test_a_killed_worker_fails_what_waits_and_is_reported_once(tmp_path: Path) -> None:
+@MODES
+def test_a_killed_worker_fails_what_waits_and_is_reported_once(tmp_path: Path, forked: bool) -> None:
     async def scenario() -> None:
         events = Events()
-        client, _world = await connected_client(tmp_path, events)
+        client, _world = await connected_client(tmp_path, events, zygote=forked)
         pid = client.pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)  # frozen, so that both calls are surely still waiting
@@ -309,21 +360,37 @@ def test_a_frozen_idle_worker_is_noticed_by_the_ping_and_killed(tmp_path: Path) 
     assert worker_children() == []
 
 
+def never_ready(argv: list[str], protocol: int) -> int:
+    time.sleep(60)
+    return 0
+
+
+def exits_at_once(argv: list[str], protocol: int) -> int:
+    return 3
+
+
+def forked(entry: str) -> Fork:
+    return Fork(entry, (), ("/nonexistent/python",))
+
+
 @pytest.mark.parametrize(
-    ("command", "reason"),
+    ("launch", "reason"),
     [
         ([sys.executable, "-c", "import time; time.sleep(60)"], "session worker hung: not ready within 1 s"),
         ([sys.executable, "-c", "raise SystemExit(3)"], "session worker exited with code 3"),
         (["/nonexistent/python"], "cannot start the session worker: [Errno 2] No such file or directory"),
+        (forked("tests.host.test_worker:never_ready"), "session worker hung: not ready within 1 s"),
+        (forked("tests.host.test_worker:exits_at_once"), "session worker exited with code 3"),
+        (forked("tests.host.no_such_module:main"), "session worker exited with code 3"),
     ],
-    ids=["never-ready", "exits-at-once", "cannot-run"],
+    ids=["never-ready", "exits-at-once", "cannot-run", "forked-never-ready", "forked-exits", "forked-cannot-import"],
 )
-def test_a_worker_that_does_not_come_up_is_reported_not_raised(command: list[str], reason: str) -> None:
+def test_a_worker_that_does_not_come_up_is_reported_not_raised(launch: list[str] | Fork, reason: str) -> None:
     """The host's restore loop starts sessions one after another: start() must not raise for this."""
 
     async def scenario() -> None:
         events = Events()
-        client = WorkerClient(command, "u1", events, Timeouts(spawn=1.0))
+        client = WorkerClient(launch, "u1", events, Timeouts(spawn=1.0))
         await client.start()
         (final,) = events.finals()
         assert final.reason.startswith(reason), final.reason
@@ -332,6 +399,17 @@ def test_a_worker_that_does_not_come_up_is_reported_not_raised(command: list[str
 
     asyncio.run(scenario())
     assert worker_children() == []
+
+
+class PanickingClient(NeonizeClient):
+    async def lookup(self, numbers: Any) -> dict[str, str | None]:
+        self.neonize_client.get_me()  # unguarded, without a session: a Go panic aborts the process
+        return {}
+
+
+def panicking_worker(argv: list[str], protocol: int | None = None) -> int:
+    """A worker with a real neonize client that panics on lookup: forked, or run by PANICKING_WORKER."""
+    return run_worker(lambda emit: PanickingClient("u1", argv[0], emit), "u1", protocol)
 
 
 PANICKING_WORKER = """
@@ -348,16 +426,20 @@ os._exit(run_worker(lambda emit: Panicking("u1", sys.argv[1], emit), "u1"))
 """
 
 
-def test_a_go_panic_in_a_neonize_worker_ends_that_session_only(tmp_path: Path) -> None:
+@MODES
+def test_a_go_panic_in_a_neonize_worker_ends_that_session_only(tmp_path: Path, forked: bool) -> None:
     async def scenario() -> None:
         healthy, _world = await connected_client(tmp_path, Events())
         events = Events()
         (tmp_path / "nz").mkdir()
-        command = [sys.executable, "-c", PANICKING_WORKER, str(tmp_path / "nz" / "auth.db")]
-        panicking = WorkerClient(command, "u1", events)
+        auth = str(tmp_path / "nz" / "auth.db")
+        command = [sys.executable, "-c", PANICKING_WORKER, auth]
+        launch = Fork("tests.host.test_worker:panicking_worker", (auth,), ()) if forked else command
+        panicking = WorkerClient(launch, "u1", events)
         assert await panicking.spawn()  # a real neonize client, built in its own process
         pid = panicking.pid
         assert pid is not None
+        assert parent_pid(pid) == (zygote.fork_server_pid() if forked else os.getpid())
         with pytest.raises(NotConnected):
             await panicking.lookup(["5511900000001"])
         await wait_until(events.finals, 5, "the final disconnect")
@@ -400,6 +482,197 @@ def test_a_worker_stops_its_client_and_exits_when_its_stdin_closes(tmp_path: Pat
 def read_frame_sync(stream: Any) -> bytes:
     (size,) = struct.unpack(">I", stream.read(4))
     return stream.read(size)
+
+
+# -- the zygote --------------------------------------------------------------------------------------
+
+
+def channels(pid: int) -> set[str]:
+    """The pipes and sockets a process holds (their inodes, which both ends of a pipe share)."""
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith(("pipe:", "socket:")):
+                found.add(target)
+    return found
+
+
+def test_workers_are_forked_from_a_zygote_that_never_loads_neonize(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        client = WorkerBackend("neonize").new_client("u1", str(tmp_path / "u1" / "auth.db"), Events())
+        assert await client.spawn()  # neonize imported and its client built, in the worker
+        pid, server = client.pid, zygote.fork_server_pid()
+        assert pid is not None and server is not None
+        assert parent_pid(pid) == server and parent_pid(server) == os.getpid()
+        assert (comm(pid), comm(server)) == (PROCESS_NAME, zygote.SERVER_NAME)
+        server_maps, worker_maps = Path(f"/proc/{server}/maps").read_text(), Path(f"/proc/{pid}/maps").read_text()
+        assert "/neonize/neonize-" in worker_maps  # the Go library, loaded in the worker
+        assert "/neonize/" not in server_maps  # never in the zygote: a Go runtime does not survive fork
+        assert "/PIL/_imaging" in server_maps and "/PIL/_imaging" in worker_maps  # preloaded, inherited
+        assert len(list(Path(f"/proc/{server}/task").iterdir())) == 1  # no threads when it forks
+        await client.stop()
+        assert reaped(pid)
+
+    asyncio.run(scenario())
+    assert worker_children() == []
+
+
+PRELOAD_COVERAGE = """
+import importlib, json, os, sys
+import multiprocessing.forkserver  # the fork server's own imports
+from session_host.whatsapp.zygote import PRELOAD
+for name in PRELOAD:
+    importlib.import_module(name)
+assert not [name for name in sys.modules if name.partition(".")[0] == "neonize"]
+before = set(sys.modules)
+from session_host.whatsapp.neonize_client import load_neonize
+load_neonize()
+home = os.path.dirname(sys.modules["neonize"].__file__)
+def neonizes(name):
+    module = sys.modules[name]
+    where = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", None) or []), "")
+    return name.partition(".")[0] == "neonize" or where.startswith(home)
+print(json.dumps(sorted(name for name in set(sys.modules) - before if not neonizes(name))))
+"""
+
+
+def test_the_zygote_preloads_all_that_neonize_imports_but_neonize_itself() -> None:
+    """A newer neonize that imports something more would cost each worker that module's memory."""
+    found = subprocess.run(
+        [sys.executable, "-c", PRELOAD_COVERAGE], capture_output=True, text=True, cwd=ROOT, check=True, timeout=60
+    )
+    assert json.loads(found.stdout) == []
+
+
+def test_a_forked_worker_holds_only_its_socket_and_stderr_and_exits_when_its_host_goes(tmp_path: Path) -> None:
+    """What happens to the forked workers of a host that dies: their socket ends."""
+    arguments = WorkerBackend("simulated", str(tmp_path / "wa")).arguments("u1", str(tmp_path / "u1" / "auth.db"))
+    log_r, log_w = os.pipe()
+    try:
+        worker = zygote.fork_worker(MAIN_ENTRY, arguments, name="test", timeout=30, stderr=log_w)
+    finally:
+        os.close(log_w)
+    stream = worker.socket.makefile("rwb", buffering=0)
+    try:
+        assert decode_from_worker(read_frame_sync(stream)) == Ready()
+        assert parent_pid(worker.pid) == zygote.fork_server_pid()
+        server = zygote.fork_server_pid()
+        assert server is not None
+        log_pipe = f"pipe:[{os.fstat(log_r).st_ino}]"
+        assert channels(worker.pid) & (channels(os.getpid()) | channels(server)) == {log_pipe}
+        for group_signal in (signal.SIGINT, signal.SIGTERM):  # a terminal's or a service manager's, for the host
+            os.kill(worker.pid, group_signal)
+        stream.write(encode_frame(Call(id=1, request=Start())))
+        answers = [decode_from_worker(read_frame_sync(stream)) for _ in range(2)]
+        assert Reply(id=1, value=None) in answers  # started: it shows a QR code now
+        assert any(isinstance(answer, Emitted) and isinstance(answer.event, QrCode) for answer in answers)
+    finally:
+        stream.close()
+        worker.socket.close()
+    assert zygote._read_number(worker.status, time.monotonic() + 10) == 0  # the fork server reaped it
+    worker.discard()
+    with os.fdopen(log_r, "rb") as log_file:
+        log = log_file.read().decode()
+    assert "user=u1 session worker pid=" in log and "done" in log
+    assert "2@sim" not in log  # no QR code in the log
+    assert reaped(worker.pid)
+
+
+HOST_THAT_DIES = """
+import asyncio, os, sys
+from session_host.whatsapp import zygote
+from session_host.whatsapp.worker import WorkerBackend
+
+async def main():
+    client = WorkerBackend("simulated", sys.argv[1]).new_client("u1", sys.argv[2], lambda event: None)
+    assert await client.spawn()
+    await client.start()
+    print(client.pid, *zygote.helper_pids(), flush=True)
+    os.kill(os.getpid(), 9)  # no stop(), no cleanup
+
+asyncio.run(main())
+"""
+
+
+def test_when_the_host_dies_its_forked_workers_and_the_fork_server_exit(tmp_path: Path) -> None:
+    command = [sys.executable, "-c", HOST_THAT_DIES, str(tmp_path / "wa"), str(tmp_path / "u1" / "auth.db")]
+    # run() returns once every process holding the host's stdout and stderr has ended: the worker,
+    # the fork server and the resource tracker too
+    host = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert host.returncode == -signal.SIGKILL, host.stderr
+    worker, *helpers = map(int, host.stdout.split())
+    assert len(helpers) == 2
+    deadline = time.monotonic() + 5  # their descriptors are closed a moment before they end
+    while not all(map(ended, (worker, *helpers))) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert all(map(ended, (worker, *helpers)))
+    assert f"user=u1 session worker pid={worker} done" in host.stderr, host.stderr
+    assert "Traceback" not in host.stderr
+
+
+def set_child_subreaper(on: bool) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(36, int(on), 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+
+
+def test_a_dead_fork_server_is_replaced_and_the_sessions_it_started_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> None:
+        events = Events()
+        client, world = await connected_client(tmp_path, events)
+        pid, old_server = client.pid, zygote.fork_server_pid()
+        assert pid is not None and old_server is not None and parent_pid(pid) == old_server
+        os.kill(old_server, signal.SIGKILL)
+        await wait_until(lambda: ended(old_server), 5, "the fork server's end")
+        await wait_until(lambda: parent_pid(pid) == os.getpid(), 5, "the orphaned worker to come to this process")
+        receipt = await client.send_text("5511900000001@s.whatsapp.net", "still here", "after-the-fork-server")
+        assert receipt.message_id == "after-the-fork-server"
+
+        other = WorkerBackend("simulated", str(world.root)).new_client("u2", str(tmp_path / "u2" / "auth.db"), Events())
+        assert await other.spawn()
+        new_server = zygote.fork_server_pid()
+        assert new_server not in (None, old_server) and parent_pid(other.pid or 0) == new_server
+        assert reaped(old_server)  # by multiprocessing, before it started the new one
+        assert f"the fork server pid={old_server} is gone; started a new one, pid={new_server}" in caplog.text
+        await client.stop()
+        await other.stop()
+        assert reaped(pid)  # by the client: this process became its parent
+        assert events.finals() == []
+        assert f"user=u1 session worker pid={pid} ended: session worker exited with code 0" in caplog.text
+
+    set_child_subreaper(True)  # as the host is when it is PID 1 of a container; this machine's init reaps nothing
+    try:
+        asyncio.run(scenario())
+    finally:
+        set_child_subreaper(False)
+    assert worker_children() == []
+
+
+def test_without_a_working_fork_server_workers_start_as_fresh_interpreters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(zygote, "_unusable", None)  # restored afterwards: the next tests fork again
+
+    def refuse(fds: list[int]) -> tuple[int, int]:
+        raise ConnectionRefusedError("no fork server here")
+
+    monkeypatch.setattr(zygote.forkserver, "connect_to_new_process", refuse)
+
+    async def scenario() -> None:
+        client, world = await connected_client(tmp_path, Events())
+        other = WorkerBackend("simulated", str(world.root)).new_client("u2", str(tmp_path / "u2" / "auth.db"), Events())
+        assert await other.spawn()
+        assert parent_pid(client.pid or 0) == os.getpid() and parent_pid(other.pid or 0) == os.getpid()
+        await client.stop()
+        await other.stop()
+
+    asyncio.run(scenario())
+    assert worker_children() == []
+    assert "the fork server did not start a session worker (ConnectionRefusedError" in caplog.text
+    assert caplog.text.count("cannot use the fork server") == 1  # said once, not for each worker
 
 
 # -- the host ----------------------------------------------------------------------------------------
