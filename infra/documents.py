@@ -289,21 +289,19 @@ class SessionStatus(msgspec.Struct):
 
 # -- hosts -----------------------------------------------------------------------------------------
 
-HEARTBEAT_SECONDS = 5.0
-HOST_STALE_SECONDS = 20.0  # a host not seen for this long is taken for dead
-
-
 class HostBeat(msgspec.Struct):
-    """A session host's sign of life, rewritten every HEARTBEAT_SECONDS."""
+    """A session host's sign of life, rewritten every ``ZAPGATE_HOST_HEARTBEAT`` seconds; a host not
+    seen for ``staleAfter`` seconds (four beats) is taken for dead, and its accounts for free."""
 
     hostId: str
     startedAt: dt.datetime
     lastSeen: dt.datetime
+    staleAfter: float = 20.0
     sessions: int = 0
     stoppedAt: dt.datetime | None = None
 
     def alive(self, now: dt.datetime) -> bool:
-        return self.stoppedAt is None and (now - self.lastSeen).total_seconds() < HOST_STALE_SECONDS
+        return self.stoppedAt is None and (now - self.lastSeen).total_seconds() < self.staleAfter
 
 
 # -- encoding --------------------------------------------------------------------------------------

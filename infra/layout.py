@@ -16,6 +16,8 @@
     sessions/<userId>/settings.json     AccountSettings: daily cap, quiet hours, time zone, warm-up
     sessions/<userId>/count.json        DailyCount: messages sent today
     hosts/<hostId>.json                 HostBeat: a session host's sign of life
+    keys/<keyId>.json                   ApiKey: a user's API key, hashed (api/auth.py)
+    leases/<userId>/<epoch>.json        which host serves the account (session_host.leases)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ SESSIONS = "sessions/"
 QUEUE = "queue/"
 REJECTED = "rejected/"
 HOSTS = "hosts/"
+KEYS = "keys/"
 
 
 def inbox(job_id: str) -> str:
@@ -91,3 +94,15 @@ def daily_count(user_id: str) -> str:
 
 def host_beat(host_id: str) -> str:
     return f"{HOSTS}{host_id}.json"
+
+
+def leases(user_id: str) -> str:
+    return f"leases/{user_id}/"
+
+
+def lease(user_id: str, epoch: int) -> str:
+    return f"{leases(user_id)}{epoch:010d}.json"
+
+
+def api_key(key_id: str) -> str:
+    return f"{KEYS}{key_id}.json"

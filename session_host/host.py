@@ -1,9 +1,10 @@
 """The host's main loop: restore what was running, then poll the store for session commands and
 new jobs until told to stop.
 
-Today one host serves every account in the bucket. Several hosts sharing a bucket will each take
-a lease per account (create-only lease objects, since If-Match is no lock on every S3 server) and
-serve only the accounts they hold; ``_serves`` is where that check goes.
+Several hosts may share a bucket: each account is served by one host at a time, the one that holds
+its lease (``session_host.leases``). A host takes the accounts no living host serves, at start-up
+and whenever another host stops beating, and lets go of those another host has taken over. Commands
+and inbox jobs are carried out by the host that serves their account.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import msgspec
 
 from infra import layout
 from infra.documents import (
-    HEARTBEAT_SECONDS,
     Connect,
     ControlJob,
     Disconnect,
@@ -40,6 +40,7 @@ from infra.documents import (
 from infra.jobs import InvalidJob, initial_state, prepare_job, read_state, write_state
 from infra.settings import Settings
 from infra.store import NotFound, ObjectStore, PreconditionFailed, StoreError
+from session_host.leases import Leases
 from session_host.sender import AccountSender, JobRun
 from session_host.sessions import Session
 from session_host.storage import Storage
@@ -57,7 +58,9 @@ class Host:
         self.backend = backend
         self.sessions: dict[str, Session] = {}
         self.senders: dict[str, AccountSender] = {}
-        self._sender_tasks: list[asyncio.Task[None]] = []
+        self.leases = Leases(self.storage, settings.host.id)
+        self._held: set[str] = set()  # accounts this host serves (it holds their lease)
+        self._sender_tasks: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._jobs_accepted = 0
@@ -72,10 +75,13 @@ class Host:
         logger.info(
             "host=%s serving store=%r whatsapp=%s", self.settings.host.id, self.storage.store, self.backend.name
         )
-        await self._restore()
+        await self._beat()
+        await self._take_over()
         while not self._stopping.is_set():
             try:
-                await self._beat()
+                if await self._beat():
+                    await self._check_leases()
+                    await self._take_over()
                 await self._poll_inbox()  # first, so that a command about a new job finds it
                 await self._poll_commands()
             except StoreError as exc:
@@ -95,34 +101,65 @@ class Host:
             self._jobs_accepted,
         )
 
-    async def _beat(self, stopped: bool = False) -> None:
-        """Tell the API this host is alive (HEARTBEAT_SECONDS apart), or that it stopped."""
+    async def _beat(self, stopped: bool = False) -> bool:
+        """Tell the API and the other hosts that this host is alive (a beat every ``heartbeat`` s), or that
+        it stopped; True when it wrote."""
         now = utcnow()
-        if not stopped and self._last_beat and (now - self._last_beat).total_seconds() < HEARTBEAT_SECONDS:
-            return
+        if not stopped and self._last_beat and (now - self._last_beat).total_seconds() < self.settings.host.heartbeat:
+            return False
         beat = HostBeat(
             hostId=self.settings.host.id,
             startedAt=self._started_at,
             lastSeen=now,
+            staleAfter=4 * self.settings.host.heartbeat,
             sessions=sum(session.active for session in self.sessions.values()),
             stoppedAt=now if stopped else None,
         )
         await self.storage.write(layout.host_beat(self.settings.host.id), beat)
         self._last_beat = now
+        return True
 
-    # -- start-up ------------------------------------------------------------------------------------
+    # -- which accounts this host serves -------------------------------------------------------------
 
-    async def _restore(self) -> None:
-        """Reconnect every paired account that was not disconnected on purpose; resume its jobs."""
+    async def _take_over(self) -> None:
+        """Serve every paired account that should be running and that no living host serves: at
+        start-up, all of them; later, those of a host that died."""
         keys = await self.storage.list(layout.SESSIONS)
-        users_with_auth = {layout.user_of(key, layout.SESSIONS) for key in keys if key.endswith("/auth.db")}
-        for user_id in sorted(users_with_auth):
-            status = await self.storage.read(layout.session_status(user_id), SessionStatus)
-            if status is None or status.state in RESTORED_STATES:
-                await self._session(user_id).start()
-        for key in await self.storage.list(layout.QUEUE):
-            user_id, job_id = key[len(layout.QUEUE) :].split("/", 1)
-            await self._resume_job(user_id, job_id)
+        users = {layout.user_of(key, layout.SESSIONS) for key in keys if key.endswith("/auth.db")}
+        users |= {layout.user_of(key, layout.QUEUE) for key in await self.storage.list(layout.QUEUE)}
+        for user_id in sorted(users - self._held):
+            await self._mine(user_id)
+
+    async def _mine(self, user_id: str) -> bool:
+        """Whether this host serves the account, taking it when no living host does."""
+        if user_id in self._held:
+            return True
+        if not await self.leases.acquire(user_id):
+            return False
+        self._held.add(user_id)
+        status = await self.storage.read(layout.session_status(user_id), SessionStatus)
+        paired = await self.storage.get_bytes(layout.session_auth(user_id)) is not None
+        if paired and (status is None or status.state in RESTORED_STATES):
+            await self._session(user_id).start()
+        for key in await self.storage.list(f"{layout.QUEUE}{user_id}/"):
+            await self._resume_job(user_id, key.rsplit("/", 1)[1])
+        return True
+
+    async def _check_leases(self) -> None:
+        """Let go of the accounts another host has taken over."""
+        for user_id in sorted(self._held):
+            if not await self.leases.holds(user_id):
+                await self._let_go(user_id)
+
+    async def _let_go(self, user_id: str) -> None:
+        logger.warning("user=%s now served by another host; letting the session go", user_id)
+        self._held.discard(user_id)
+        if (task := self._sender_tasks.pop(user_id, None)) is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self.senders.pop(user_id, None)
+        if (session := self.sessions.pop(user_id, None)) is not None:
+            await session.release()
 
     async def _resume_job(self, user_id: str, job_id: str) -> None:
         job = await self.storage.read(layout.job(job_id), Job)
@@ -145,6 +182,8 @@ class Host:
     async def _poll_commands(self) -> None:
         for key in await self.storage.list(layout.COMMANDS):
             user_id = layout.user_of(key, layout.COMMANDS)
+            if not await self._mine(user_id):
+                continue  # the host that serves the account carries it out
             data = await self.storage.get_bytes(key)
             if data is not None:
                 try:
@@ -203,6 +242,8 @@ class Host:
             await self._reject(key, name, data, str(exc))
             return
         assert job.jobId is not None
+        if not await self._mine(job.userId):
+            return  # the host that serves the account takes it
         try:
             await self.storage.put(layout.job(job.jobId), encode(job), create_only=True)
             state = initial_state(job)
@@ -241,7 +282,9 @@ class Host:
 
     def _session(self, user_id: str) -> Session:
         if user_id not in self.sessions:
-            self.sessions[user_id] = Session(user_id, self.backend, self.storage, self.settings.host)
+            self.sessions[user_id] = Session(
+                user_id, self.backend, self.storage, self.settings.host, still_mine=lambda: self.leases.holds(user_id)
+            )
         return self.sessions[user_id]
 
     async def _known(self, user_id: str) -> bool:
@@ -264,8 +307,7 @@ class Host:
                 self.settings.webhook_secret,
             )
             self.senders[user_id] = sender
-            task = asyncio.create_task(self._keep_sending(sender), name=f"sender-{user_id}")
-            self._sender_tasks.append(task)
+            self._sender_tasks[user_id] = asyncio.create_task(self._keep_sending(sender), name=f"sender-{user_id}")
         return self.senders[user_id]
 
     async def _keep_sending(self, sender: AccountSender) -> None:
@@ -279,9 +321,9 @@ class Host:
                 await asyncio.sleep(1)
 
     async def _shutdown(self) -> None:
-        for task in self._sender_tasks:
+        for task in self._sender_tasks.values():
             task.cancel()
-        await asyncio.gather(*self._sender_tasks, return_exceptions=True)
+        await asyncio.gather(*self._sender_tasks.values(), return_exceptions=True)
         for session in self.sessions.values():
             if session.active:
                 try:

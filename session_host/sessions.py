@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,16 @@ RETRY_BACKOFF = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0)  # seconds before the next
 
 
 class Session:
-    def __init__(self, user_id: str, backend: WhatsAppBackend, storage: Storage, settings: HostSettings) -> None:
+    def __init__(
+        self,
+        user_id: str,
+        backend: WhatsAppBackend,
+        storage: Storage,
+        settings: HostSettings,
+        still_mine: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
         self.user_id = user_id
+        self.still_mine = still_mine  # whether this host still holds the account's lease
         self.backend = backend
         self.storage = storage
         self.settings = settings
@@ -100,6 +109,11 @@ class Session:
         await self._close()
         await self._set(state, detail=detail, qr=None, qrExpiresAt=None, pairCode=None)
         logger.info("user=%s session stopped: %s", self.user_id, state)
+
+    async def release(self) -> None:
+        """Another host serves the account now: close the connection and write nothing more."""
+        await self._close()
+        logger.info("user=%s session released to another host", self.user_id)
 
     async def logout(self) -> None:
         """Unlink the device and delete the credentials everywhere."""
@@ -207,6 +221,9 @@ class Session:
                 await self._forget(reason)
             case StreamReplaced():
                 await self._close()
+                if self.still_mine is not None and not await self.still_mine():
+                    logger.info("user=%s stream replaced by the host that now serves the account", self.user_id)
+                    return
                 await self._set(
                     "disconnected",
                     detail="another connection took this session over; "

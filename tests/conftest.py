@@ -126,6 +126,7 @@ class System:
             "ZAPGATE_WHATSAPP_BACKEND": "simulated",
             "ZAPGATE_WHATSAPP_SIMULATOR_DIR": str(self.simulator_dir),
             "ZAPGATE_HOST_POLL_INTERVAL": "0.2",
+            "ZAPGATE_HOST_HEARTBEAT": "0.5",
             "ZAPGATE_HOST_WORK_DIR": str(tmp / "host-work"),
             **extra_env,
         }
