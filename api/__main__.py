@@ -7,6 +7,7 @@ import sys
 from granian.constants import Interfaces
 from granian.server import Server
 
+from api.auth import check_startup
 from infra.logs import setup_logging
 from infra.settings import SettingsError, load_settings
 
@@ -15,6 +16,7 @@ def main() -> int:
     setup_logging()
     try:
         settings = load_settings()
+        check_startup(settings.api)  # says why before granian starts: no admin key off loopback
     except SettingsError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 2

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 
 import msgspec
-from litestar import Litestar, get
+from litestar import Litestar, Request, get
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 
+from api.auth import Auth, Principal, check_startup, principal_of
 from api.errors import EXCEPTION_HANDLERS
 from api.jobs import JobController
+from api.keys import KeyController
 from api.messages import MessageController
+from api.openapi import describe, documented
 from api.pages import PageController
 from api.service import list_hosts
 from api.sessions import SessionController
@@ -21,8 +24,6 @@ from infra.settings import Settings, load_settings
 from infra.store import ObjectStore, open_store
 
 logger = logging.getLogger(__name__)
-
-MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 class HostHealth(msgspec.Struct):
@@ -37,11 +38,14 @@ class Health(msgspec.Struct):
     hosts: list[HostHealth]
 
 
-@get("/healthz", sync_to_thread=True)
-def health(store: NamedDependency[ObjectStore]) -> Health:
-    """The API is ready when the store answers (503 otherwise); ``hosts`` says which session hosts
-    are alive, for monitoring. A dead host does not make the API unhealthy."""
+@get("/healthz", sync_to_thread=True, opt=documented(public=True))
+def health(store: NamedDependency[ObjectStore], principal: NamedDependency[Principal]) -> Health:
+    """The API is ready when the store answers (503 otherwise). It needs no key; with the admin key
+    (or when the API is open) ``hosts`` says which session hosts are alive, for monitoring. A dead
+    host does not make the API unhealthy."""
     store.check()
+    if not principal.is_admin:
+        return Health(status="ok", hosts=[])
     now = utcnow()
     hosts = [
         HostHealth(
@@ -53,21 +57,35 @@ def health(store: NamedDependency[ObjectStore]) -> Health:
 
 
 def create_app(settings: Settings | None = None, store: NamedDependency[ObjectStore] | None = None) -> Litestar:
-    """Build the app; settings and the store come from the environment unless given."""
+    """Build the app; settings and the store come from the environment unless given.
+
+    Refuses (SettingsError) to serve every account without a key on a non-loopback address."""
     if settings is None:
         setup_logging()
         settings = load_settings()
+    keys = check_startup(settings.api)
     if store is None:
         store = open_store(settings)
         store.check()  # fail at start-up, not at the first request
+    auth = Auth(settings.api, store)
+    (logger.warning if auth.open else logger.info)(keys)
     logger.info("API ready: store=%r", store)
-    return Litestar(
-        route_handlers=[SessionController, MessageController, JobController, PageController, health],
+    app = Litestar(
+        route_handlers=[SessionController, MessageController, JobController, PageController, KeyController, health],
         dependencies={
             "store": Provide(lambda: store, use_cache=True, sync_to_thread=False),
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
+            "auth": Provide(lambda: auth, use_cache=True, sync_to_thread=False),
+            "principal": Provide(_principal, sync_to_thread=False),
         },
+        guards=[auth.guard],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        request_max_body_size=MAX_BODY_BYTES,
+        request_max_body_size=settings.api.max_body_bytes,
         openapi_config=OpenAPIConfig(title="zapgate", version="0.1.0"),
     )
+    describe(app)
+    return app
+
+
+def _principal(request: Request) -> Principal:  # type: ignore[type-arg]
+    return principal_of(request)

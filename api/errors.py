@@ -7,7 +7,10 @@ trace, no internal path and no secret. Validation problems list each field and t
      "detail": "number: may only hold digits, ... but has 'O'",
      "errors": [{"field": "number", "reason": "may only hold digits, ... but has 'O'"}]}
 
-``error`` repeats ``detail``, as the original's error answers carried ``error``.
+``error`` repeats ``detail``, as the original's error answers carried ``error``. A missing or bad
+key is a 401 (with ``WWW-Authenticate``), a call for the admin key only a 403, too many requests a
+429 (with ``Retry-After``); Litestar's own errors (unknown route, wrong method, a query value of the
+wrong type, a body over the limit) become problem documents here too.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import re
 
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 
 from infra.store import StoreUnavailable
 
@@ -44,10 +47,13 @@ class ApiError(Exception):
     status = 400
     title = "Invalid request"
 
-    def __init__(self, detail: str, errors: list[FieldError] | None = None) -> None:
+    def __init__(
+        self, detail: str, errors: list[FieldError] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors or []
+        self.headers = headers or {}
 
 
 class InvalidField(ApiError):
@@ -58,6 +64,29 @@ class InvalidField(ApiError):
 class NotFoundError(ApiError):
     status = 404
     title = "Not found"
+
+
+class Unauthorized(ApiError):
+    """No key, or one that is not valid; the same answer whatever was wrong with it."""
+
+    status = 401
+    title = "Unauthorized"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="zapgate"'})
+
+
+class Forbidden(ApiError):
+    status = 403
+    title = "Forbidden"
+
+
+class RateLimited(ApiError):
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
 class NotConnectedError(ApiError):
@@ -87,13 +116,24 @@ def from_msgspec(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiError
     return InvalidField(path or "body", reason)
 
 
-def problem_response(status: int, title: str, detail: str, errors: list[FieldError] | None = None) -> Response[bytes]:
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[bytes]:
     problem = Problem(title=title, status=status, detail=detail, error=detail, errors=errors or [])
-    return Response(content=msgspec.json.encode(problem), status_code=status, media_type="application/problem+json")
+    return Response(
+        content=msgspec.json.encode(problem),
+        status_code=status,
+        media_type="application/problem+json",
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
 
 
 def handle_api_error(_: Request, exc: ApiError) -> Response[bytes]:
-    return problem_response(exc.status, exc.title, exc.detail, exc.errors)
+    return problem_response(exc.status, exc.title, exc.detail, exc.errors, exc.headers)
 
 
 def handle_store_unavailable(request: Request, exc: StoreUnavailable) -> Response[bytes]:
@@ -103,9 +143,29 @@ def handle_store_unavailable(request: Request, exc: StoreUnavailable) -> Respons
 
 def handle_http_exception(request: Request, exc: HTTPException) -> Response[bytes]:
     if exc.status_code >= 500:
-        logger.error("%s %s failed: %s", request.method, request.url.path, exc)
+        logger.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
     detail = exc.detail if exc.status_code < 500 else "internal error"
-    return problem_response(exc.status_code, _title(exc.status_code), detail)
+    if isinstance(exc, ValidationException):  # its detail repeats the URL, query (and a page token) included
+        errors = [
+            FieldError(str(item.get("key") or "request"), str(item.get("message") or "is not valid"))
+            for item in (exc.extra if isinstance(exc.extra, list) else [])
+            if isinstance(item, dict)
+        ] or [FieldError("request", "is not valid")]
+        return problem_response(400, "Invalid request", f"{errors[0].field}: {errors[0].reason}", errors)
+    if exc.status_code == 413:
+        limit = _body_limit(request)
+        detail = f"the request body is larger than the limit of {limit} bytes (ZAPGATE_API_MAX_BODY_BYTES)"
+        return problem_response(413, "Request too large", detail, [FieldError("body", f"is over {limit} bytes")])
+    allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow")
+    headers = {"Allow": allowed} if exc.status_code == 405 and allowed else {}
+    return problem_response(exc.status_code, _title(exc.status_code), detail, headers=headers)
+
+
+def _body_limit(request: Request) -> int | None:
+    try:
+        return request.route_handler.resolve_request_max_body_size()
+    except Exception:  # no route: the app's limit is not at hand
+        return None
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response[bytes]:
@@ -116,6 +176,8 @@ def handle_unexpected(request: Request, exc: Exception) -> Response[bytes]:
 def _title(status: int) -> str:
     return {
         400: "Invalid request",
+        401: "Unauthorized",
+        403: "Forbidden",
         404: "Not found",
         405: "Method not allowed",
         413: "Request too large",

@@ -11,7 +11,9 @@ from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, Parameter
 
-from api.errors import ApiError, InvalidField
+from api.auth import Principal
+from api.errors import ApiError, InvalidField, NotFoundError
+from api.openapi import documented
 from api.requests import check_user_id
 from api.service import list_jobs, read_job_state, send_command
 from infra.documents import FINAL_JOB_STATUSES, ControlJob, JobState, utcnow
@@ -37,28 +39,39 @@ class Controlled(msgspec.Struct):
 class JobController(Controller):
     path = "/jobs"
 
-    @get("/", sync_to_thread=True)
+    @get("/", sync_to_thread=True, opt=documented())
     def list_account_jobs(
         self,
         store: NamedDependency[ObjectStore],
+        principal: NamedDependency[Principal],
         userId: FromQuery[str | None] = None,
         limit: Limit = 20,
     ) -> list[JobState]:
-        """An account's jobs, newest first, without their per-recipient results."""
-        return list_jobs(store, check_user_id(userId), limit)
+        """An account's jobs, newest first, without their per-recipient results (with a user's key,
+        ``userId`` may be left out)."""
+        if userId is None and principal.user_id is not None:
+            userId = principal.user_id
+        return list_jobs(store, principal.require_user(check_user_id(userId)), limit)
 
-    @get("/{job_id:str}", sync_to_thread=True)
+    @get("/{job_id:str}", sync_to_thread=True, opt=documented())
     def get_job(
-        self, job_id: FromPath[str], store: NamedDependency[ObjectStore], offset: Offset = 0, limit: Limit = 1000
+        self,
+        job_id: FromPath[str],
+        store: NamedDependency[ObjectStore],
+        principal: NamedDependency[Principal],
+        offset: Offset = 0,
+        limit: Limit = 1000,
     ) -> JobState:
         """The job as the host last wrote it (``queued`` while it waits in the inbox), with the
         per-recipient results from ``offset`` (``limit`` of them)."""
-        return read_job_state(store, _checked(job_id), offset, limit)
+        return _owned(read_job_state(store, _checked(job_id), offset, limit), principal)
 
-    @get("/{job_id:str}/report.csv", sync_to_thread=True, media_type="text/csv")
-    def get_report(self, job_id: FromPath[str], store: NamedDependency[ObjectStore]) -> Response[str]:
+    @get("/{job_id:str}/report.csv", sync_to_thread=True, media_type="text/csv", opt=documented())
+    def get_report(
+        self, job_id: FromPath[str], store: NamedDependency[ObjectStore], principal: NamedDependency[Principal]
+    ) -> Response[str]:
         """Every recipient's outcome as CSV, for a spreadsheet."""
-        state = read_job_state(store, _checked(job_id))
+        state = _owned(read_job_state(store, _checked(job_id)), principal)
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(["position", "number", "name", "status", "jid", "messageId", "attempts", "sentAt", "error"])
@@ -72,19 +85,30 @@ class JobController(Controller):
             out.getvalue(), media_type="text/csv; charset=utf-8", headers={"Content-Disposition": disposition}
         )
 
-    @post("/{job_id:str}/{action:str}", status_code=202, sync_to_thread=True)
+    @post("/{job_id:str}/{action:str}", status_code=202, sync_to_thread=True, opt=documented(None, 409))
     def control_job(
-        self, job_id: FromPath[str], action: FromPath[str], store: NamedDependency[ObjectStore]
+        self,
+        job_id: FromPath[str],
+        action: FromPath[str],
+        store: NamedDependency[ObjectStore],
+        principal: NamedDependency[Principal],
     ) -> Controlled:
         """``pause``, ``resume`` or ``cancel`` the job; the host carries it out within a poll interval."""
         if action not in ("pause", "resume", "cancel"):
             raise InvalidField("action", "must be pause, resume or cancel")
-        state = read_job_state(store, _checked(job_id), 0, 0)
+        state = _owned(read_job_state(store, _checked(job_id), 0, 0), principal)
         if state.status in FINAL_JOB_STATUSES:
             raise JobFinished(f"the job is {state.status}; it can no longer be changed")
         verb: Literal["pause", "resume", "cancel"] = action  # type: ignore[assignment]
         send_command(store, state.userId, ControlJob(issuedAt=utcnow(), jobId=state.jobId, action=verb))
         return Controlled(success=True, jobId=state.jobId, action=action, message=f"{action} requested")
+
+
+def _owned(state: JobState, principal: Principal) -> JobState:
+    """The job if it belongs to an account of ``principal``: the same 404 as for no job at all."""
+    if not principal.owns(state.userId):
+        raise NotFoundError(f"there is no job {state.jobId!r}")
+    return state
 
 
 def _checked(job_id: str) -> str:

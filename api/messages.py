@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
 import msgspec
 from litestar import Controller, post
 from litestar.di import NamedDependency
-from litestar.params import FromQuery, RawBody
+from litestar.params import Parameter, RawBody
 
+from api.auth import Principal
 from api.errors import FieldError, InvalidField, NotConnectedError, PayloadTooLarge
-from api.requests import Contact, SendBulkRequest, SendRequest, read_body
+from api.openapi import documented
+from api.requests import MAX_FIELD_CHARS, MAX_FIELD_NAME_CHARS, Contact, SendBulkRequest, SendRequest, read_body
 from api.service import new_job_id, read_status, submit_job
 from infra.documents import AntiBanSettings, Job, Recipient, SessionStatus, utcnow
 from infra.jobs import InvalidJob, initial_state, prepare_job, render
@@ -29,12 +32,16 @@ class Accepted(msgspec.Struct):
 
 
 class MessageController(Controller):
-    @post("/send", status_code=202, sync_to_thread=True)
+    @post("/send", status_code=202, sync_to_thread=True, opt=documented(SendRequest, 409))
     def send_message(
-        self, body: RawBody, store: NamedDependency[ObjectStore], settings: NamedDependency[Settings]
+        self,
+        body: RawBody,
+        store: NamedDependency[ObjectStore],
+        settings: NamedDependency[Settings],
+        principal: NamedDependency[Principal],
     ) -> Accepted:
         """Send one message. Answers at once with the job to follow; 409 if the account is not connected."""
-        request = read_body(body, SendRequest)
+        request = read_body(body, SendRequest, principal=principal)
         job = _prepare(
             Job(
                 userId=request.userId,
@@ -60,10 +67,16 @@ class MessageController(Controller):
             message=f"message to {number} queued",
         )
 
-    @post("/send-bulk/preview", status_code=200, sync_to_thread=True)
-    def preview_bulk(self, body: RawBody, settings: NamedDependency[Settings], count: FromQuery[int] = 5) -> Preview:
+    @post("/send-bulk/preview", status_code=200, sync_to_thread=True, opt=documented(SendBulkRequest))
+    def preview_bulk(
+        self,
+        body: RawBody,
+        settings: NamedDependency[Settings],
+        principal: NamedDependency[Principal],
+        count: Annotated[int, Parameter(description="how many messages (1-50; outside, the nearest)")] = 5,
+    ) -> Preview:
         """The first rendered messages of a bulk send, checked like the real one; nothing is sent or stored."""
-        job = _bulk_job(read_body(body, SendBulkRequest), settings)
+        job = _bulk_job(read_body(body, SendBulkRequest, principal=principal), settings)
         state = initial_state(job)
         shown = [result for result in state.results if result.status == "pending"][: max(1, min(count, 50))]
         return Preview(
@@ -75,12 +88,16 @@ class MessageController(Controller):
             ],
         )
 
-    @post("/send-bulk", status_code=202, sync_to_thread=True)
+    @post("/send-bulk", status_code=202, sync_to_thread=True, opt=documented(SendBulkRequest, 409))
     def send_bulk(
-        self, body: RawBody, store: NamedDependency[ObjectStore], settings: NamedDependency[Settings]
+        self,
+        body: RawBody,
+        store: NamedDependency[ObjectStore],
+        settings: NamedDependency[Settings],
+        principal: NamedDependency[Principal],
     ) -> Accepted:
         """Send one template to a contact list, paced. Answers at once with the job to follow."""
-        request = read_body(body, SendBulkRequest)
+        request = read_body(body, SendBulkRequest, principal=principal)
         job = _bulk_job(request, settings)
         _require_known(store, request.userId)
         submit_job(store, job)
@@ -114,7 +131,7 @@ def _bulk_job(request: SendBulkRequest, settings: Settings) -> Job:
             f"contatos holds {len(request.contatos)} contacts; the limit is {settings.api.max_contacts}",
             [FieldError("contatos", f"holds more than {settings.api.max_contacts} contacts")],
         )
-    return _prepare(
+    job = _prepare(
         Job(
             userId=request.userId,
             kind="bulk",
@@ -127,6 +144,19 @@ def _bulk_job(request: SendBulkRequest, settings: Settings) -> Job:
         settings,
         _bulk_field,
     )
+    _check_field_lengths(request.contatos)  # after the template's checks, which name a long value used in it
+    return job
+
+
+def _check_field_lengths(contacts: list[Contact]) -> None:
+    for index, contact in enumerate(contacts):
+        for key, value in contact.items():
+            if len(key) > MAX_FIELD_NAME_CHARS:
+                raise InvalidField(f"contatos[{index}]", f"has a field name longer than {MAX_FIELD_NAME_CHARS}")
+            if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+                raise InvalidField(
+                    f"contatos[{index}].{key}", f"is {len(value)} characters; the limit is {MAX_FIELD_CHARS}"
+                )
 
 
 _BULK_FIELDS = {"message": "mensagemBase", "imageUrl": "imagemUrl"}

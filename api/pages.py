@@ -2,16 +2,24 @@
 
 Both work for a user never seen before. The connect page follows the session by polling
 ``/sessions/{userId}`` every two seconds; without JavaScript it reloads itself.
+
+With keys required, a browser opens them by a page link (``POST /sessions/{userId}/link``): the
+page answers its ``?token=`` with an HttpOnly, SameSite=Strict cookie for that account, so that its
+polling, QR image and phone-code form work without a key (see api/auth.py), and takes the token out
+of the address bar.
 """
 
 from __future__ import annotations
 
 from html import escape
 
-from litestar import Controller, MediaType, Response, get
+from litestar import Controller, MediaType, Request, Response, get
+from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
 from litestar.params import FromQuery
 
+from api.auth import COOKIE, COOKIE_TTL, Auth, Principal
+from api.openapi import documented
 from api.requests import check_user_id
 from api.service import read_status
 from api.sessions import ensure_started, has_qr
@@ -87,14 +95,41 @@ follow();
 """
 
 
+# A page opened by its link: take the token out of the address bar (and of what is bookmarked or shared).
+_FORGET_TOKEN = """
+if (new URLSearchParams(location.search).has("token")) {
+  const url = new URL(location.href); url.searchParams.delete("token"); history.replaceState(null, "", url);
+}
+"""
+
+
 def _page(title: str, user_id: str, body: str, *, script: str = "", qr: str = "") -> Response[str]:
     html = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{escape(title)} · zapgate</title><style>{_STYLE}</style>
 {'<noscript><meta http-equiv="refresh" content="5"></noscript>' if script else ""}</head>
 <body data-user="{escape(user_id)}" data-qr="{escape(qr)}"><main>{body}</main>
-{f"<script>const WORDS = {_words_js()};{script}</script>" if script else ""}</body></html>"""
-    return Response(html, media_type=MediaType.HTML, headers={"Cache-Control": "no-store"})
+<script>{_FORGET_TOKEN}{f"const WORDS = {_words_js()};{script}" if script else ""}</script></body></html>"""
+    return Response(
+        html, media_type=MediaType.HTML, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    )
+
+
+def _with_cookie(response: Response[str], principal: Principal, auth: Auth, request: Request) -> Response[str]:
+    """A page opened by its link leaves a cookie for its account, so that its own requests work."""
+    if principal.via == "link" and principal.user_id is not None:
+        response.set_cookie(
+            Cookie(
+                key=COOKIE,
+                value=auth.page_cookie(principal.user_id),
+                max_age=COOKIE_TTL,
+                path="/",
+                httponly=True,
+                samesite="strict",
+                secure=request.url.scheme == "https",
+            )
+        )
+    return response
 
 
 def _words_js() -> str:
@@ -119,10 +154,17 @@ def _state_block(status: SessionStatus | None) -> str:
 
 
 class PageController(Controller):
-    @get("/", sync_to_thread=True)
-    def status_page(self, store: NamedDependency[ObjectStore], userId: FromQuery[str | None] = None) -> Response[str]:
+    @get("/", sync_to_thread=True, media_type=MediaType.HTML, opt=documented(link=True))
+    def status_page(
+        self,
+        request: Request,
+        store: NamedDependency[ObjectStore],
+        auth: NamedDependency[Auth],
+        principal: NamedDependency[Principal],
+        userId: FromQuery[str | None] = None,
+    ) -> Response[str]:
         """Is this account connected?"""
-        user_id = check_user_id(userId)
+        user_id = principal.require_user(check_user_id(userId))
         status = read_status(store, user_id)
         link = (
             ""
@@ -130,14 +172,21 @@ class PageController(Controller):
             else (f"<a class='button' href='/connect?userId={escape(user_id)}'>Connect</a>")
         )
         body = f"<h1>WhatsApp account <code>{escape(user_id)}</code></h1>{_state_block(status)}{link}"
-        return _page(f"{user_id} status", user_id, body)
+        return _with_cookie(_page(f"{user_id} status", user_id, body), principal, auth, request)
 
-    @get("/connect", sync_to_thread=True)
-    def connect_page(self, store: NamedDependency[ObjectStore], userId: FromQuery[str | None] = None) -> Response[str]:
+    @get("/connect", sync_to_thread=True, media_type=MediaType.HTML, opt=documented(link=True))
+    def connect_page(
+        self,
+        request: Request,
+        store: NamedDependency[ObjectStore],
+        auth: NamedDependency[Auth],
+        principal: NamedDependency[Principal],
+        userId: FromQuery[str | None] = None,
+    ) -> Response[str]:
         """Start the session if needed and show its QR code, following it as it rotates."""
-        user_id = check_user_id(userId)
+        user_id = principal.require_user(check_user_id(userId))
         status = ensure_started(store, user_id)
-        qr = status.qr if status and has_qr(status) else ""
+        qr = (status.qr or "") if status and has_qr(status) else ""
         src = f"/sessions/{escape(user_id)}/qr.svg" if qr else ""
         body = f"""<h1>Connect <code>{escape(user_id)}</code></h1>{_state_block(status)}
 <img id="qr" alt="QR code to scan with WhatsApp" src="{src}" {"" if qr else "hidden"}>
@@ -145,4 +194,4 @@ class PageController(Controller):
 <form id="pair" {"" if qr else "hidden"}><p class="muted">No camera? Pair with your phone number instead:</p>
 <input id="phone" name="phone" placeholder="5511999999999" inputmode="tel" required>
 <button type="submit">Get a pairing code</button></form><p id="code" style="font-size:1.6rem"></p>"""
-        return _page(f"connect {user_id}", user_id, body, script=_SCRIPT, qr=qr)
+        return _with_cookie(_page(f"connect {user_id}", user_id, body, script=_SCRIPT, qr=qr), principal, auth, request)

@@ -67,6 +67,7 @@ class WhatsAppSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class HostSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: str = ""
     poll_interval: float = msgspec.field(default=1.0)
+    heartbeat: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
     work_dir: str = ""
     auth_save_interval: float = 300.0
     image_max_bytes: int = 16 * 1024 * 1024
@@ -81,6 +82,29 @@ class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     max_contacts: int = 100_000
+    # The admin key: every account, /sessions, /keys. Without it the API is open, and then only on
+    # a loopback address (see api/auth.py); per-user keys are made with it through POST /keys.
+    admin_key: Secret | None = None  # at least 16 characters (checked in api/auth.py)
+    # Signs the short-lived page links (POST /sessions/{userId}/link); derived from the admin key
+    # when unset, so that every copy of the API with the same admin key accepts the same links.
+    link_secret: Secret | None = None
+    link_ttl: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 600.0  # seconds a page link is valid
+    rate_limit: Annotated[int, msgspec.Meta(ge=0)] = 600  # requests a minute per key, per API process; 0: none
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
+    # Serve without keys on a non-loopback address (behind a gateway that authenticates): never by default.
+    insecure_open: bool = False
+
+
+class FetchSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Outbound fetches (images, webhooks; infra/fetch.py). ``allow``: comma-separated CIDRs or
+    host names that may be fetched although private, loopback or link-local (ZAPGATE_FETCH_ALLOW)."""
+
+    allow: str = ""
+
+    def __post_init__(self) -> None:
+        from infra.fetch import parse_allowlist  # infra.fetch does not import the settings
+
+        parse_allowlist(self.allow)  # a bad entry stops the process at start, naming it
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -91,13 +115,20 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     whatsapp: WhatsAppSettings = WhatsAppSettings()
     host: HostSettings = HostSettings()
     api: ApiSettings = ApiSettings()
+    fetch: FetchSettings = FetchSettings()
 
     @property
     def store_is_s3(self) -> bool:
         return self.store.startswith("s3://")
 
 
-_SECTIONS = {"s3": S3Settings, "whatsapp": WhatsAppSettings, "host": HostSettings, "api": ApiSettings}
+_SECTIONS = {
+    "s3": S3Settings,
+    "whatsapp": WhatsAppSettings,
+    "host": HostSettings,
+    "api": ApiSettings,
+    "fetch": FetchSettings,
+}
 
 
 def _dec_hook(type_: type, value: Any) -> Any:

@@ -10,7 +10,9 @@ A delivery that fails (an error, a timeout, an answer other than 2xx) is tried a
 growing pause, ``RETRY_DELAYS``; the outcome is kept in the job's state. The job stays in the
 account's queue until the webhook is delivered or given up, so a host restarted meanwhile tries again.
 
-Not yet: the URL is not checked against private and metadata addresses (the security issue).
+The delivery goes through ``infra.fetch``: a URL that leads to a loopback, private, link-local or
+metadata address (unless ``ZAPGATE_FETCH_ALLOW`` allows it) is refused and not tried again; a
+redirect is not followed (it counts as an answer other than 2xx).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import httpx
 import msgspec
 
 from infra.documents import JobState, Totals, WebhookStatus, encode, utcnow
+from infra.fetch import Allowlist, FetchRefused, open_url
 from infra.settings import Secret
 
 logger = logging.getLogger(__name__)
@@ -65,21 +68,37 @@ def event_for(state: JobState) -> bytes:
     )
 
 
-async def deliver(url: str, body: bytes, secret: Secret | None, status: WebhookStatus) -> WebhookStatus:
-    """Try to deliver ``body`` until it is accepted or the delays run out; return the outcome."""
-    async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as client:
-        for delay in RETRY_DELAYS[status.attempts :]:
-            await asyncio.sleep(delay)
-            status.attempts += 1
-            try:
-                answer = await client.post(url, content=body, headers=_headers(secret, body))
+async def deliver(
+    url: str, body: bytes, secret: Secret | None, status: WebhookStatus, *, allow: Allowlist | None = None
+) -> WebhookStatus:
+    """Try to deliver ``body`` until it is accepted or the delays run out; return the outcome.
+
+    ``allow``: the addresses allowed although private (``infra.fetch``); the process's by default.
+    """
+    for delay in RETRY_DELAYS[status.attempts :]:
+        await asyncio.sleep(delay)
+        status.attempts += 1
+        try:
+            async with open_url(
+                "POST",
+                url,
+                content=body,
+                headers=_headers(secret, body),
+                timeout=TIMEOUT,
+                allow=allow,
+                follow_redirects=False,
+            ) as answer:
                 if 200 <= answer.status_code < 300:
                     status.deliveredAt, status.lastError = utcnow(), None
                     return status
                 status.lastError = f"the webhook answered HTTP {answer.status_code}"
-            except httpx.HTTPError as exc:
-                status.lastError = f"the webhook could not be reached: {type(exc).__name__}"
-            logger.warning("webhook attempt %d failed: %s", status.attempts, status.lastError)
+        except FetchRefused as exc:  # trying again would not change the answer
+            status.lastError = f"the webhook URL is refused: {exc}"
+            logger.warning("webhook refused: %s", status.lastError)
+            break
+        except (httpx.HTTPError, TimeoutError) as exc:
+            status.lastError = f"the webhook could not be reached: {type(exc).__name__}"
+        logger.warning("webhook attempt %d failed: %s", status.attempts, status.lastError)
     status.gaveUp = True
     return status
 

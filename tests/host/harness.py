@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from api.service import read_job_state, read_status, send_command, submit_job
+from infra import fetch
 from infra.documents import (
     FINAL_JOB_STATUSES,
     AntiBanSettings,
@@ -22,7 +23,7 @@ from infra.documents import (
     utcnow,
 )
 from infra.jobs import prepare_job
-from infra.settings import HostSettings, Secret, Settings
+from infra.settings import FetchSettings, HostSettings, Secret, Settings
 from infra.store import ObjectStore
 from session_host.host import Host
 from session_host.whatsapp.simulated import SimulatedBackend
@@ -30,14 +31,33 @@ from session_host.whatsapp.simulated import SimulatedBackend
 FAST = AntiBanSettings(randomDelayMin=200, randomDelayMax=300, batchSize=10, batchDelayMs=1000)
 
 
+# The harness's image and webhook servers listen on loopback, which infra.fetch refuses by default.
+LOCAL_SERVERS = "127.0.0.1/32, ::1/128"
+
+
 class HostHarness:
-    def __init__(self, store: ObjectStore, tmp: Path, webhook_secret: str | None = None, **host_settings: Any) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        tmp: Path,
+        webhook_secret: str | None = None,
+        fetch_allow: str = LOCAL_SERVERS,
+        **host_settings: Any,
+    ) -> None:
         self.store = store
+        self.fetch_allow = fetch_allow
         self.settings = Settings(
             host=HostSettings(
-                **{"id": "test-host", "poll_interval": 0.05, "work_dir": str(tmp / "work"), **host_settings}
+                **{
+                    "id": "test-host",
+                    "poll_interval": 0.05,
+                    "heartbeat": 0.5,
+                    "work_dir": str(tmp / "work"),
+                    **host_settings,
+                }
             ),
             webhook_secret=Secret(webhook_secret) if webhook_secret else None,
+            fetch=FetchSettings(allow=fetch_allow),
         )
         self.backend = SimulatedBackend(tmp / "whatsapp")
         self.world = self.backend.world
@@ -45,12 +65,18 @@ class HostHarness:
         self._jobs = 0
 
     async def __aenter__(self) -> HostHarness:
+        # The host's image and webhook fetches use the process's allowlist (infra.fetch.configure),
+        # as a real host process reads it from ZAPGATE_FETCH_ALLOW.
+        fetch.configure(self.fetch_allow)
         self.task = asyncio.create_task(self.host.run())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.host.stop()
-        await asyncio.wait_for(self.task, 20)
+        try:
+            await asyncio.wait_for(self.task, 20)
+        finally:
+            fetch.configure(None)
 
     async def status(self, user_id: str) -> SessionStatus | None:
         return await asyncio.to_thread(read_status, self.store, user_id)
