@@ -4,7 +4,8 @@
     python -m infra.cli send user1 5511999999999 "Olá, tudo bem?"     # sends and follows the job
     python -m infra.cli job 20261203T120000000000-ab12cd34
 
-``--url`` (or ZAPGATE_URL) names the API; http://127.0.0.1:8000 by default.
+``--url`` (or ZAPGATE_URL) names the API; http://127.0.0.1:8000 by default. Against an API with keys,
+``--key`` (or ZAPGATE_API_KEY) is sent as ``X-Api-Key``: the admin key, or the account's own key.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ FINAL = {"done", "failed", "cancelled", "rejected"}
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zapgate", description=__doc__.split("\n")[0])
     parser.add_argument("--url", default=os.environ.get("ZAPGATE_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--key", default=os.environ.get("ZAPGATE_API_KEY"), help="sent as X-Api-Key")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("sessions", help="list the accounts and their state")
     send = commands.add_parser("send", help="send one message and follow it to the end")
@@ -32,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     job = commands.add_parser("job", help="show a job")
     job.add_argument("job_id")
     args = parser.parse_args(argv)
-    with httpx.Client(base_url=args.url, timeout=30) as api:
+    headers = {"X-Api-Key": args.key} if args.key else {}
+    with httpx.Client(base_url=args.url, timeout=30, headers=headers) as api:
         try:
             if args.command == "sessions":
                 return _show(api.get("/sessions"))

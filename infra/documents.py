@@ -153,6 +153,10 @@ class RecipientResult(msgspec.Struct):
     attempts: int = 0
     sentAt: dt.datetime | None = None
     error: str | None = None
+    # Set, and written to the store, just before a message leaves through a backend that cannot pass
+    # our message id; cleared with its outcome. A host that finds it set on resuming a job knows the
+    # message may have left and reports the recipient ``unknown`` instead of sending it again.
+    sendingSince: dt.datetime | None = None
 
 
 class Totals(msgspec.Struct):
@@ -288,6 +292,7 @@ class SessionStatus(msgspec.Struct):
 
 
 # -- hosts -----------------------------------------------------------------------------------------
+
 
 class HostBeat(msgspec.Struct):
     """A session host's sign of life, rewritten every ``ZAPGATE_HOST_HEARTBEAT`` seconds; a host not

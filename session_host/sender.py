@@ -13,7 +13,10 @@ Delivery integrity: each recipient's message id is fixed when the job is accepte
 outcome the job's state is written to the store before the next message leaves. When the link
 breaks after a message left (OutcomeUnknown) the recipient stays pending and is sent again with
 the same id once the session is back, which WhatsApp de-duplicates; a backend that cannot pass our
-id reports the recipient as ``unknown`` instead of risking a second message.
+id (neonize 0.5.2) reports the recipient as ``unknown`` instead of risking a second message. With
+such a backend the host also writes ``sendingSince`` before each message leaves, so that a host
+killed between the send and its checkpoint leaves a trace: the host that resumes the job reports
+that recipient ``unknown`` too (``_settle_interrupted``). That costs one more checkpoint a message.
 
 A checkpoint writes the job's summary and the one chunk of results that changed
 (``infra.jobs.write_state``), so its cost does not grow with the size of the campaign.
@@ -244,8 +247,32 @@ class AccountSender:
                 result.status, result.error = "skipped", "the job was cancelled"
         await self._finish(run, "cancelled", "cancelled through the API", all_results=True)
 
+    async def _settle_interrupted(self, run: JobRun) -> None:
+        """A recipient whose send began in an earlier life of the job (the host died before writing
+        its outcome) may have got the message: resend it with the same id where the backend honours
+        ids, report it ``unknown`` otherwise."""
+        interrupted = [r for r in run.state.results if r.status == "pending" and r.sendingSince is not None]
+        for result in interrupted:
+            began = result.sendingSince
+            result.sendingSince = None
+            if self.honours_message_ids:
+                result.error = "the host stopped while sending; sending again with the same message id"
+            else:
+                result.status = "unknown"
+                result.error = (
+                    f"the host stopped while this message was being sent ({began:%Y-%m-%d %H:%M:%S} UTC);"
+                    " it may have arrived, so it is not resent"
+                )
+                if result.jid:
+                    run.reached.setdefault(result.jid, result.index)
+            logger.warning("user=%s job=%s recipient %d: %s", self.user_id, run.id, result.index, result.error)
+        if interrupted:
+            await self._checkpoint(run, all_results=True)
+
     async def _prepare(self, run: JobRun) -> None:
-        """Fetch the image once for the whole job, before anyone gets anything."""
+        """Settle what an earlier life of the job left in flight, then fetch the image once for the
+        whole job, before anyone gets anything."""
+        await self._settle_interrupted(run)
         if run.job.imageUrl is not None:
             try:
                 run.image = await fetch_image(
@@ -309,13 +336,19 @@ class AccountSender:
                 return  # look again: the session may have dropped, a single send may go first
             if typing > 0:
                 await client.typing(result.jid, typing)
+            if not self.honours_message_ids:  # in the store before the message leaves (module docstring)
+                result.sendingSince = utcnow()
+                await self._checkpoint(run, result)
             await self._send(run, result, client, text)
             result.attempts += 1
             result.status, result.sentAt, result.error = "sent", utcnow(), None
             run.reached.setdefault(result.jid, result.index)
             self.pacer.record_sent(run)
             await self._count_sent()
-        except NotConnected:  # the session's own events will say more; do not spin meanwhile
+        except NotConnected:  # nothing left; the session's own events will say more; do not spin meanwhile
+            if result.sendingSince is not None:
+                result.sendingSince = None
+                await self._checkpoint(run, result)
             await asyncio.sleep(_WAIT_TICK / 5)
             return
         except OutcomeUnknown as exc:
@@ -338,6 +371,7 @@ class AccountSender:
             run.retry_at = time.monotonic() + delay
             result.error = f"{exc}; trying again in {delay:.0f} s"
             logger.warning("user=%s job=%s recipient %d: %s", self.user_id, run.id, result.index, result.error)
+        result.sendingSince = None  # its outcome is known, and written below
         if result.status == "pending" and result.attempts >= MAX_ATTEMPTS:
             result.status, result.error = "failed", f"gave up after {result.attempts} attempts: {result.error}"
         await self._checkpoint(run, result)

@@ -7,6 +7,8 @@ import io
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from session_host.whatsapp.simulated import SimulatedWorld
 from tests.conftest import wait_for
 from tests.test_end_to_end import connect, job_when_final
@@ -32,6 +34,63 @@ def test_host_killed_mid_campaign_resumes_without_duplicates_or_losses(system_fa
     texts = [m.text for m in world.delivered("u1")]
     assert Counter(texts) == Counter(f"Oi Pessoa {i}" for i in range(20))  # everyone once, no one twice
     assert job["status"] == "done" and job["totals"]["sent"] == 20 and job["totals"]["pending"] == 0
+
+
+def test_killed_mid_campaign_through_a_backend_without_our_message_ids(system_factory: Any, tmp_path: Any) -> None:
+    """As through neonize 0.5.2: a resend would be a second message, so the one the kill may have
+    caught in flight is reported unknown, and no one gets two."""
+    SimulatedWorld(tmp_path / "whatsapp").set_message_ids(False)  # the world the host will use
+    system = system_factory()
+    world = SimulatedWorld(system.simulator_dir)
+    connect(system, world, "u1", "5511977770001")
+    contacts = [{"nome": f"Pessoa {i}", "numero": f"55119000005{i:02d}"} for i in range(20)]
+    answer = system.http.post(
+        "/send-bulk", json={"userId": "u1", "contatos": contacts, "mensagemBase": "Oi [nome]", "antiBanSettings": PACE}
+    )
+    job_id = answer.json()["jobId"]
+    wait_for(lambda: len(world.delivered("u1")) >= 6, interval=0.01, what="six messages")
+    system.hosts[0].stop(sig=9)
+    system.start_host()
+    job = job_when_final(system, job_id, timeout=60)
+    delivered = Counter(m.text for m in world.delivered("u1"))
+    assert max(delivered.values()) == 1  # no one twice
+    results = system.http.get(f"/jobs/{job_id}").json()["results"]
+    sent = {f"Oi {r['name']}" for r in results if r["status"] == "sent"}
+    unknown = [r for r in results if r["status"] == "unknown"]
+    assert sent <= set(delivered) and len(sent) + len(unknown) == 20 and len(unknown) <= 1  # no one lost
+    assert all("not resent" in r["error"] for r in unknown)
+    assert job["status"] == "done" and job["totals"]["pending"] == 0
+
+
+@pytest.mark.parametrize("honoured", [False, True], ids=["fresh-ids", "our-ids"])
+def test_host_killed_while_a_message_is_out_sends_no_one_twice(
+    system_factory: Any, tmp_path: Any, honoured: bool
+) -> None:
+    """The first message leaves and its send never returns; the host is killed before it can write
+    the outcome. Where WhatsApp keeps our id, the resend is de-duplicated; where it cannot
+    (neonize 0.5.2), the recipient is unknown, and not resent."""
+    SimulatedWorld(tmp_path / "whatsapp").set_message_ids(honoured)
+    system = system_factory()
+    world = SimulatedWorld(system.simulator_dir)
+    connect(system, world, "u1", "5511977770001")
+    world.hang_after_next_send("u1")
+    contacts = [{"nome": f"Pessoa {i}", "numero": f"55119000006{i:02d}"} for i in range(4)]
+    answer = system.http.post(
+        "/send-bulk", json={"userId": "u1", "contatos": contacts, "mensagemBase": "Oi [nome]", "antiBanSettings": PACE}
+    )
+    job_id = answer.json()["jobId"]
+    wait_for(lambda: world._read("faults/u1/hang_after_send.json") is None, what="the first message out")
+    assert [m.text for m in world.delivered("u1")] == ["Oi Pessoa 0"]
+    system.hosts[0].stop(sig=9)
+    system.start_host()
+    job = job_when_final(system, job_id, timeout=60)
+    assert Counter(m.text for m in world.delivered("u1")) == Counter(f"Oi Pessoa {i}" for i in range(4))
+    first = system.http.get(f"/jobs/{job_id}").json()["results"][0]
+    if honoured:
+        assert job["totals"]["sent"] == 4 and first["status"] == "sent"
+    else:
+        assert job["totals"]["sent"] == 3 and job["totals"]["unknown"] == 1
+        assert first["status"] == "unknown" and "not resent" in first["error"] and first["sendingSince"] is None
 
 
 def test_control_list_and_csv_report_over_http(system_factory: Any) -> None:

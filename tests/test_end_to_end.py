@@ -229,3 +229,16 @@ def test_the_command_line_sends_and_follows_a_message(system_factory: Any, capsy
     assert json.loads(capsys.readouterr().out)["outcome"] == "not_on_whatsapp"
     assert cli.main(["--url", system.url, "sessions"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["userId"] == "u1"
+
+
+def test_the_command_line_sends_the_key_to_a_keyed_api(system_factory: Any, capsys: Any, monkeypatch: Any) -> None:
+    from infra import cli
+
+    admin = "admin-" + "k" * 24
+    system = system_factory(ZAPGATE_API_ADMIN_KEY=admin)
+    assert cli.main(["--url", system.url, "sessions"]) == 1
+    assert "API key" in json.loads(capsys.readouterr().out)["detail"]
+    assert cli.main(["--url", system.url, "--key", admin, "sessions"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    monkeypatch.setenv("ZAPGATE_API_KEY", admin)
+    assert cli.main(["--url", system.url, "sessions"]) == 0

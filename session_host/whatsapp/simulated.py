@@ -4,7 +4,10 @@ The host's side is ``SimulatedBackend``/``SimulatedClient``; the driver's side i
 ``SimulatedWorld`` (or ``python -m session_host.whatsapp.simulated``). Several host processes may
 share one world, as several hosts share one real WhatsApp. Layout of the directory::
 
-    config.json                  optional: {"qr_timeouts": [60, 20, 20, 20, 20, 20]}
+    config.json                  optional: {"qr_timeouts": [60, 20, 20, 20, 20, 20], "message_ids": true}
+                                 ("message_ids": false behaves like neonize 0.5.2, which cannot pass
+                                 the host's message id: each send gets a fresh id, so a resend is a
+                                 second message; read when a host starts)
     directory.json               which numbers have accounts: {"5511900000001": "551100000001@s.whatsapp.net",
                                  "5511900000099": null}; a number not listed exists as itself
     scans/<userId>.json          the driver "scans" the QR shown to userId (or enters the pair code)
@@ -21,6 +24,7 @@ How a test drives it::
     world.set_numbers({"5511900000001": "551100000001@s.whatsapp.net", "5511900000099": None})
     world.scan("user1", phone="5511977770000")   # pairs as soon as a QR is showing
     world.drop_after_next_send("user1", down_for=3)  # message leaves, ack is lost, link down 3 s
+    world.hang_after_next_send("user1")            # message leaves, the send never returns
     world.rate_limit("user1", seconds=30)
     world.unreachable("user1", seconds=10)         # connecting fails meanwhile
     world.temporary_ban("user1", seconds=60)       # WhatsApp bans the account and closes the link
@@ -106,6 +110,16 @@ class SimulatedWorld:
         config = self._read("config.json") or {}
         return tuple(config.get("qr_timeouts", WHATSAPP_QR_TIMEOUTS))
 
+    def set_message_ids(self, honoured: bool) -> None:
+        """Whether a send keeps the host's message id (WhatsApp de-duplicates by it) or gets a fresh
+        one, as through neonize 0.5.2. Hosts read it when they start."""
+        config = self._read("config.json") or {}
+        config["message_ids"] = honoured
+        self._write("config.json", config)
+
+    def message_ids_honoured(self) -> bool:
+        return bool((self._read("config.json") or {}).get("message_ids", True))
+
     def jid_of(self, number: str) -> str | None:
         directory = self._read("directory.json") or {}
         if number in directory:
@@ -141,6 +155,10 @@ class SimulatedWorld:
     def drop_after_next_send(self, user_id: str, down_for: float = 3.0) -> None:
         """The next message leaves, but the connection breaks before WhatsApp acknowledges it."""
         self._write(f"faults/{user_id}/drop_after_send.json", {"down_for": down_for})
+
+    def hang_after_next_send(self, user_id: str) -> None:
+        """The next message leaves, and the send never returns (a frozen link, a host about to die)."""
+        self._write(f"faults/{user_id}/hang_after_send.json", {})
 
     def drop(self, user_id: str, down_for: float = 3.0) -> None:
         """The connection breaks now and comes back after ``down_for`` seconds."""
@@ -240,13 +258,14 @@ def default_phone(user_id: str) -> str:
 
 class SimulatedBackend:
     name = "simulated"
-    honours_message_ids = True
+    honours_message_ids = True  # unless the world says otherwise (``SimulatedWorld.set_message_ids``)
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.world = SimulatedWorld(root)
+        self.honours_message_ids = self.world.message_ids_honoured()
 
     def new_client(self, user_id: str, auth_path: str, emit: Emit) -> SimulatedClient:
-        return SimulatedClient(self.world, user_id, Path(auth_path), emit)
+        return SimulatedClient(self.world, user_id, Path(auth_path), emit, self.honours_message_ids)
 
 
 class _Credentials(msgspec.Struct):
@@ -257,8 +276,11 @@ class _Credentials(msgspec.Struct):
 class SimulatedClient:
     """One account's connection to the simulated world. Credentials live in ``auth_path`` as JSON."""
 
-    def __init__(self, world: SimulatedWorld, user_id: str, auth_path: Path, emit: Emit) -> None:
+    def __init__(
+        self, world: SimulatedWorld, user_id: str, auth_path: Path, emit: Emit, honours_message_ids: bool = True
+    ) -> None:
         self.world = world
+        self.honours_message_ids = honours_message_ids
         self.user_id = user_id
         self.auth_path = auth_path
         self.emit = emit
@@ -268,6 +290,7 @@ class SimulatedClient:
         self.showing_qr = False
         self._task: asyncio.Task[None] | None = None
         self._pair_code: str | None = None
+        self._hang = False
 
     async def start(self) -> None:
         if self._task is None or self._task.done():
@@ -302,10 +325,17 @@ class SimulatedClient:
         return {number: self.world.jid_of(number) for number in numbers}
 
     async def send_text(self, jid: str, text: str, message_id: str) -> SendReceipt:
-        return self._deliver(jid, text, message_id, None, None)
+        return await self._hang_if_told(self._deliver(jid, text, message_id, None, None))
 
     async def send_image(self, jid: str, image: bytes, mimetype: str, caption: str, message_id: str) -> SendReceipt:
-        return self._deliver(jid, caption, message_id, hashlib.sha256(image).hexdigest(), mimetype)
+        receipt = self._deliver(jid, caption, message_id, hashlib.sha256(image).hexdigest(), mimetype)
+        return await self._hang_if_told(receipt)
+
+    async def _hang_if_told(self, receipt: SendReceipt) -> SendReceipt:
+        if self._hang:
+            self._hang = False
+            await asyncio.Event().wait()  # never set: the send does not return
+        return receipt
 
     async def typing(self, jid: str, seconds: float) -> None:
         self._check_sendable()
@@ -338,6 +368,8 @@ class SimulatedClient:
         if not self.world.has_account(jid):
             raise SendRejected(f"{jid} has no WhatsApp account")
         assert self.jid is not None
+        if not self.honours_message_ids:
+            message_id = "3EB0" + secrets.token_hex(10).upper()  # WhatsApp's own, new for every send
         message = Delivered(
             messageId=message_id,
             sender=self.user_id,
@@ -349,6 +381,8 @@ class SimulatedClient:
             imageMimetype=mimetype,
         )
         self.world.record_once(message)
+        if self.world._take(f"faults/{self.user_id}/hang_after_send.json") is not None:
+            self._hang = True  # the caller awaits forever (until the host stops this client)
         fault = self.world._take(f"faults/{self.user_id}/drop_after_send.json")
         if fault is not None:
             self._go_down(fault["down_for"], "connection lost before the server acknowledged")

@@ -354,6 +354,10 @@ class WorkerBackend:
         self.zygote = zygote
         self.name: str = inner_class.name
         self.honours_message_ids: bool = inner_class.honours_message_ids
+        if inner == "simulated":  # the simulated world says whether it keeps our ids
+            from session_host.whatsapp.simulated import SimulatedWorld
+
+            self.honours_message_ids = SimulatedWorld(simulator_dir).message_ids_honoured()  # type: ignore[arg-type]
 
     def new_client(self, user_id: str, auth_path: str, emit: Emit) -> WorkerClient:
         command = self.command(user_id, auth_path)
