@@ -44,6 +44,7 @@ bench *args:
         trap 'infra/s3server/rgw.sh stop' EXIT
     fi
     {{python}} -m bench {{args}}
+    {{python}} -m bench.memory  # PSS per idle neonize session at 1, 10 and 50 sessions; needs no S3
 
 # Lint and format check.
 lint:

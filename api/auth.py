@@ -6,7 +6,7 @@ Keys
     admin key (``POST /keys``) and look like ``zg_<keyId>_<secret>``: the id finds the key's record
     with one GET (``keys/<keyId>.json``), which holds a SHA-256 of the secret (never the secret), the
     userId and when it was made and revoked. Either kind goes in ``X-Api-Key: <key>`` or
-    ``Authorization: Bearer <key>``; every way a key can be wrong gets the same 401.
+    ``Authorization: Bearer <key>``; a wrong key of any kind gets a 401 that never says whether a key id exists.
 
 Page links
     A browser opens the pages without a long-lived key in its URL: ``POST /sessions/{userId}/link``
@@ -67,6 +67,7 @@ SCHEMA_PATH = "/schema"
 STATE_KEY = "zapgate.principal"
 _USER_ID = re.compile(USER_ID_PATTERN)
 _INVALID_KEY = "the API key is not valid, or was revoked"
+_ISSUER = re.compile(r"^(admin|[0-9a-f]{16})$")
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,14 @@ class Principal:
     user_id: str | None = None
     key_id: str | None = None  # its rate-limit bucket; never the secret
     link_token: str | None = None  # the page link's token, when it came in the URL
+    issuer: str | None = None  # a link's or cookie's: the key that asked for the link ("admin")
+
+    @property
+    def link_issuer(self) -> str:
+        """Who a link made by this principal comes from: its key, or the admin."""
+        if self.via in ("link", "cookie") and self.issuer is not None:
+            return self.issuer
+        return self.key_id if self.via == "key" and self.key_id else "admin"
 
     @property
     def is_admin(self) -> bool:
@@ -162,32 +171,37 @@ def revoke_key(store: ObjectStore, key_id: str) -> ApiKey:
 
 
 class LinkSigner:
-    """Tokens ``<expiry>.<userId in base64url>.<HMAC-SHA256>``, for one purpose each (link, cookie)."""
+    """Tokens ``<expiry>.<userId in base64url>.<issuer>.<HMAC-SHA256>``, for one purpose each (link,
+    cookie). The issuer is the id of the user key that asked for the link, or ``admin``: revoking
+    that key ends its links and the cookies they left (``Auth.identify`` checks it)."""
 
     def __init__(self, secret: bytes, ttl: float, clock: Callable[[], float] = time.time) -> None:
         self._secret = secret
         self.ttl = ttl
         self._clock = clock
 
-    def issue(self, user_id: str, purpose: str, ttl: float | None = None) -> tuple[str, dt.datetime]:
+    def issue(self, user_id: str, purpose: str, issuer: str, ttl: float | None = None) -> tuple[str, dt.datetime]:
+        if not _ISSUER.match(issuer):
+            raise ValueError(f"not a key id: {issuer!r}")
         expires = int(self._clock() + (self.ttl if ttl is None else ttl))
-        body = f"{expires}.{_b64(user_id.encode())}"
+        body = f"{expires}.{_b64(user_id.encode())}.{issuer}"
         token = f"{body}.{self._sign(purpose, body)}"
         return token, dt.datetime.fromtimestamp(expires, dt.UTC)
 
-    def verify(self, token: str, purpose: str) -> str | None:
-        """The userId the token was made for, or None if it is not one of ours or has expired."""
+    def verify(self, token: str, purpose: str) -> tuple[str, str] | None:
+        """The userId the token was made for and its issuer, or None if it is not one of ours or has
+        expired."""
         parts = token.split(".")
-        if len(parts) != 3 or not parts[0].isdigit() or len(token) > 256:
+        if len(parts) != 4 or not parts[0].isdigit() or len(token) > 256 or not _ISSUER.match(parts[2]):
             return None
-        body = f"{parts[0]}.{parts[1]}"
-        if not hmac.compare_digest(parts[2], self._sign(purpose, body)) or int(parts[0]) < self._clock():
+        body = ".".join(parts[:3])
+        if not hmac.compare_digest(parts[3], self._sign(purpose, body)) or int(parts[0]) < self._clock():
             return None
         try:
             user_id = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)).decode()
         except (ValueError, UnicodeDecodeError):
             return None
-        return user_id if _USER_ID.match(user_id) else None
+        return (user_id, parts[2]) if _USER_ID.match(user_id) else None
 
     def _sign(self, purpose: str, body: str) -> str:
         return _b64(hmac.new(self._secret, f"zapgate-{purpose}\n{body}".encode(), hashlib.sha256).digest())
@@ -316,12 +330,16 @@ class Auth:
             return OPEN
         if linkable:
             if (token := connection.query_params.get("token")) is not None:
-                if (user_id := self.links.verify(token, "link")) is None:
-                    raise Unauthorized("the page link is not valid or has expired; ask for a new one")
-                return Principal(via="link", user_id=user_id, key_id=f"page:{user_id}", link_token=token)
+                link = self.links.verify(token, "link")
+                if link is None or not await self._issuer_holds(*link):
+                    raise Unauthorized(
+                        "the page link is not valid, has expired or its key was revoked; ask for a new one"
+                    )
+                user_id, issuer = link
+                return Principal(via="link", user_id=user_id, key_id=f"page:{user_id}", link_token=token, issuer=issuer)
             cookie = connection.cookies.get(COOKIE)
-            if cookie and (user_id := self.links.verify(cookie, "cookie")) is not None:
-                return Principal(via="cookie", user_id=user_id, key_id=f"page:{user_id}")
+            if cookie and (page := self.links.verify(cookie, "cookie")) is not None and await self._issuer_holds(*page):
+                return Principal(via="cookie", user_id=page[0], key_id=f"page:{page[0]}", issuer=page[1])
         if public:
             return ANONYMOUS
         raise Unauthorized("an API key is required: send it as X-Api-Key: <key> or Authorization: Bearer <key>")
@@ -342,8 +360,17 @@ class Auth:
             raise Unauthorized(_INVALID_KEY)
         return Principal(via="key", user_id=record.userId, key_id=key_id)
 
-    def page_cookie(self, user_id: str) -> str:
-        return self.links.issue(user_id, "cookie", COOKIE_TTL)[0]
+    async def _issuer_holds(self, user_id: str, issuer: str) -> bool:
+        """Whether the key that asked for a link still exists, unrevoked, for that account (one GET)."""
+        if issuer == "admin":
+            return True
+        record = await anyio.to_thread.run_sync(find_key, self.store, issuer)
+        return record is not None and record.revokedAt is None and record.userId == user_id
+
+    def page_cookie(self, principal: Principal) -> str:
+        """The cookie a page opened by its link leaves: the link's account and issuer, for an hour."""
+        assert principal.user_id is not None
+        return self.links.issue(principal.user_id, "cookie", principal.link_issuer, COOKIE_TTL)[0]
 
 
 def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:

@@ -101,6 +101,9 @@ class PayloadTooLarge(ApiError):
 
 _MSGSPEC_PATH = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _NAMED_FIELD = re.compile(r"(?:required|unknown) field `(?P<name>[^`]+)`")
+# Our own checks (a Struct's __post_init__) start their message with the field they are about, in
+# lower camel case ("timezone 'X' is not…"); msgspec's own messages start with a capital.
+_LEADING_FIELD = re.compile(r"^(?P<name>[a-z][A-Za-z]*) ")
 
 
 def from_msgspec(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiError:
@@ -113,6 +116,8 @@ def from_msgspec(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiError
     if named := _NAMED_FIELD.search(reason):
         path = f"{path}.{named['name']}" if path else named["name"]
         reason = "is required" if "required" in reason else "is not a known field"
+    if not path and (lead := _LEADING_FIELD.match(reason)):  # a check of the whole body's own fields
+        path = lead["name"]
     return InvalidField(path or "body", reason)
 
 

@@ -78,7 +78,7 @@ class JobController(Controller):
         for r in state.results:
             sent = r.sentAt.isoformat() if r.sentAt else ""
             writer.writerow(
-                [r.index, r.number, r.name, r.status, r.jid or "", r.messageId, r.attempts, sent, r.error or ""]
+                [r.index, r.number, _cell(r.name), r.status, r.jid or "", r.messageId, r.attempts, sent, _cell(r.error)]
             )
         disposition = f'attachment; filename="zapgate-{state.jobId}.csv"'
         return Response(
@@ -115,3 +115,11 @@ def _checked(job_id: str) -> str:
     if not JOB_ID.match(job_id):
         raise InvalidField("jobId", "is not a job id")
     return job_id
+
+
+def _cell(text: str | None) -> str:
+    """Text from the contact list as a spreadsheet cell that is never taken for a formula: one that
+    starts with = + - @ (or a tab or carriage return) gets a leading apostrophe, as OWASP advises."""
+    if not text:
+        return ""
+    return f"'{text}" if text[0] in "=+-@\t\r" else text

@@ -11,9 +11,19 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter, RawBody
 
 from api.auth import Principal
-from api.errors import FieldError, InvalidField, NotConnectedError, PayloadTooLarge
+from api.errors import InvalidField, NotConnectedError
 from api.openapi import documented
-from api.requests import MAX_FIELD_CHARS, MAX_FIELD_NAME_CHARS, Contact, SendBulkRequest, SendRequest, read_body
+from api.requests import (
+    MAX_FIELD_CHARS,
+    MAX_FIELD_NAME_CHARS,
+    MAX_NUMBER_CHARS,
+    Contact,
+    SendBulkRequest,
+    SendRequest,
+    read_body,
+    read_bulk_body,
+    too_many_contacts,
+)
 from api.service import new_job_id, read_status, submit_job
 from infra.documents import AntiBanSettings, Job, Recipient, SessionStatus, utcnow
 from infra.jobs import InvalidJob, initial_state, prepare_job, render
@@ -76,7 +86,7 @@ class MessageController(Controller):
         count: Annotated[int, Parameter(description="how many messages (1-50; outside, the nearest)")] = 5,
     ) -> Preview:
         """The first rendered messages of a bulk send, checked like the real one; nothing is sent or stored."""
-        job = _bulk_job(read_body(body, SendBulkRequest, principal=principal), settings)
+        job = _bulk_job(read_bulk_body(body, settings.api.max_contacts, principal), settings)
         state = initial_state(job)
         shown = [result for result in state.results if result.status == "pending"][: max(1, min(count, 50))]
         return Preview(
@@ -97,7 +107,7 @@ class MessageController(Controller):
         principal: NamedDependency[Principal],
     ) -> Accepted:
         """Send one template to a contact list, paced. Answers at once with the job to follow."""
-        request = read_body(body, SendBulkRequest, principal=principal)
+        request = read_bulk_body(body, settings.api.max_contacts, principal)
         job = _bulk_job(request, settings)
         _require_known(store, request.userId)
         submit_job(store, job)
@@ -126,11 +136,8 @@ class Preview(msgspec.Struct):
 def _bulk_job(request: SendBulkRequest, settings: Settings) -> Job:
     if not request.contatos:
         raise InvalidField("contatos", "must hold at least one contact")
-    if len(request.contatos) > settings.api.max_contacts:
-        raise PayloadTooLarge(
-            f"contatos holds {len(request.contatos)} contacts; the limit is {settings.api.max_contacts}",
-            [FieldError("contatos", f"holds more than {settings.api.max_contacts} contacts")],
-        )
+    if len(request.contatos) > settings.api.max_contacts:  # a request built in code, not decoded
+        raise too_many_contacts(settings.api.max_contacts)
     job = _prepare(
         Job(
             userId=request.userId,
@@ -174,6 +181,8 @@ def _recipient(index: int, contact: Contact) -> Recipient:
         raise InvalidField(f"contatos[{index}].nome", "must be text")
     if not isinstance(numero, str | int) or isinstance(numero, bool):
         raise InvalidField(f"contatos[{index}].numero", "must be text or a whole number")
+    if len(str(numero)) > MAX_NUMBER_CHARS:
+        raise InvalidField(f"contatos[{index}].numero", f"is longer than {MAX_NUMBER_CHARS} characters")
     fields = {}
     for key, value in contact.items():
         if key in ("numero", "nome") or value is None:

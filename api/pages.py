@@ -121,7 +121,7 @@ def _with_cookie(response: Response[str], principal: Principal, auth: Auth, requ
         response.set_cookie(
             Cookie(
                 key=COOKIE,
-                value=auth.page_cookie(principal.user_id),
+                value=auth.page_cookie(principal),
                 max_age=COOKIE_TTL,
                 path="/",
                 httponly=True,

@@ -193,7 +193,7 @@ class SessionController(Controller):
         """Links to the account's pages for a browser, valid for ZAPGATE_API_LINK_TTL seconds (10 min):
         no key in the URL, only a signed token for this account; the page then keeps working by a cookie."""
         principal.require_user(check_user_id(user_id))
-        token, expires_at = auth.links.issue(user_id, "link")
+        token, expires_at = auth.links.issue(user_id, "link", principal.link_issuer)
         query = urlencode({"userId": user_id, "token": token})
         return PageLink(userId=user_id, url=f"/connect?{query}", statusUrl=f"/?{query}", expiresAt=expires_at)
 

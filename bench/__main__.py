@@ -166,6 +166,7 @@ def main() -> int:
             system.stop()
             engine_store = S3Store(client, bucket, "engine")
             bench_throughput(engine_store, Path(tmp), args.engine_contacts)
+            bench_throughput(engine_store, Path(tmp), args.engine_contacts, message_ids=False)
             bench_pacing(engine_store, Path(tmp), 40, 200)
             bench_distribution(engine_store, Path(tmp), 120, 100, 300)
         except (AssertionError, httpx.HTTPError, RuntimeError):

@@ -21,6 +21,7 @@ from bench.stats import percentile
 from infra.documents import AntiBanSettings
 from infra.store import ObjectStore, StoredObject
 from infra.store.s3 import S3Store
+from session_host.whatsapp.simulated import SimulatedWorld
 from tests.host.harness import HostHarness
 
 
@@ -63,7 +64,10 @@ def raw_put_rate(store: S3Store, size: int, count: int = 100) -> float:
     return count / (time.perf_counter() - started)
 
 
-async def _campaign(store: ObjectStore, tmp: Path, contacts: int, pace: AntiBanSettings) -> list[float]:
+async def _campaign(
+    store: ObjectStore, tmp: Path, contacts: int, pace: AntiBanSettings, message_ids: bool = True
+) -> list[float]:
+    SimulatedWorld(tmp / "whatsapp").set_message_ids(message_ids)  # the world HostHarness opens
     async with HostHarness(store, tmp, poll_interval=1.0) as h:  # the host's default poll interval
         if isinstance(store, CountingStore):
             h.store = store.inner  # the benchmark's own reads are not the host's
@@ -74,14 +78,18 @@ async def _campaign(store: ObjectStore, tmp: Path, contacts: int, pace: AntiBanS
         return [m.at for m in h.world.delivered("bench")]
 
 
-def bench_throughput(store: S3Store, tmp: Path, contacts: int) -> None:
-    counting = CountingStore(S3Store(store.client, store.bucket, store.prefix + "throughput"))
+def bench_throughput(store: S3Store, tmp: Path, contacts: int, message_ids: bool = True) -> None:
+    """``message_ids=False``: a backend that cannot pass our message id (neonize 0.5.2), for which the
+    host writes one more checkpoint a message, before it leaves (session_host.sender)."""
+    mode = "ids" if message_ids else "no-ids"
+    counting = CountingStore(S3Store(store.client, store.bucket, f"{store.prefix}throughput-{mode}"))
     instant = AntiBanSettings(randomDelayMin=0, randomDelayMax=0, batchSize=10_000, batchDelayMs=0, typing=False)
-    times = asyncio.run(_campaign(counting, tmp / "throughput", contacts, instant))
+    times = asyncio.run(_campaign(counting, tmp / f"throughput-{mode}", contacts, instant, message_ids))
     rate = (len(times) - 1) / (times[-1] - times[0])
     put_rate = raw_put_rate(store, 50_000)
     calls = sum(counting.calls.values())
-    print(f"sending with pacing off, {contacts} messages, one account")
+    backend = "a backend that keeps our message ids" if message_ids else "a backend without our ids (as neonize)"
+    print(f"sending with pacing off, {contacts} messages, one account, {backend}")
     print(f"  messages per second          {rate:8.1f}")
     print(f"  raw S3 PUTs per second       {put_rate:8.1f}   (50 kB objects, one at a time)")
     print(f"  ratio messages / PUTs        {rate / put_rate:8.2f}")

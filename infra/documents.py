@@ -81,13 +81,13 @@ class AccountSettings(Input, frozen=True):
 
     dailyCap: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = 1000
     quietHours: QuietHours | None = None
-    timezone: str = "America/Sao_Paulo"
+    timezone: Annotated[str, msgspec.Meta(max_length=64)] = "America/Sao_Paulo"
     warmup: bool = False
 
     def __post_init__(self) -> None:
         try:
             zoneinfo.ZoneInfo(self.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "America", a folder of zones
             raise ValueError(f"timezone {self.timezone!r} is not an IANA time zone such as America/Sao_Paulo") from None
         if self.quietHours is not None and self.quietHours.start == self.quietHours.end:
             raise ValueError("quietHours start and end must differ")

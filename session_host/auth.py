@@ -46,6 +46,7 @@ What this protects, and what it does not:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -72,6 +73,15 @@ ENVELOPE_OVERHEAD = _HEADER.size + NONCE_SIZE + TAG_SIZE
 KEY_VARIABLE = f"{PREFIX}HOST_AUTH_KEY"
 PREVIOUS_KEY_VARIABLE = f"{PREFIX}HOST_AUTH_KEY_PREVIOUS"
 _LEFT_ALONE = "The stored credentials were left as they are."
+
+
+def remove_local_copy(path: str | os.PathLike[str]) -> None:
+    """Delete the working copy of an account's credentials with SQLite's side files. A journal left
+    by a worker killed mid-transaction would otherwise be taken as hot by the next database written
+    at that path, and rolled back into it: the restored credentials mixed with stale pages."""
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{os.fspath(path)}{suffix}")
 
 
 class CredentialsUnreadable(Exception):

@@ -22,7 +22,7 @@ import msgspec
 from infra import layout
 from infra.documents import SessionState, SessionStatus, utcnow
 from infra.settings import HostSettings
-from session_host.auth import CredentialsUnreadable, CredentialVault
+from session_host.auth import CredentialsUnreadable, CredentialVault, remove_local_copy
 from session_host.storage import Storage
 from session_host.whatsapp import (
     AuthChanged,
@@ -243,7 +243,7 @@ class Session:
         """The pairing is gone: delete the credentials so the next connect shows a fresh QR."""
         await self._close()
         await self.vault.delete(self.user_id)
-        self.auth_path.unlink(missing_ok=True)
+        remove_local_copy(self.auth_path)
         self._saved_digest = None
         await self._set(
             "logged_out", paired=False, pairedAt=None, jid=None, qr=None, qrExpiresAt=None, pairCode=None, detail=reason
@@ -284,9 +284,9 @@ class Session:
         self.auth_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.auth_path.parent.chmod(0o700)  # the credentials inside are the account itself
         if restored is None:
-            self.auth_path.unlink(missing_ok=True)
+            remove_local_copy(self.auth_path)
             return False
-        self.auth_path.unlink(missing_ok=True)
+        remove_local_copy(self.auth_path)
         with open(os.open(self.auth_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
             file.write(restored.blob)
         self._saved_digest = restored.digest if restored.current else None  # not current: re-written at next save

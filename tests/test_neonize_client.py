@@ -38,6 +38,7 @@ from session_host.whatsapp import (
     SendRejected,
     StreamReplaced,
     TemporaryBan,
+    WhatsAppError,
 )
 from session_host.whatsapp.neonize_client import (
     NeonizeBackend,
@@ -130,7 +131,7 @@ def make_client(tmp_path: Path, recorder: Recorder) -> Iterator[Callable[..., Ne
     made: list[NeonizeClient] = []
 
     def make(**timings: float) -> NeonizeClient:
-        settings = {"qr_first_timeout": 5.0, "qr_next_timeout": 5.0, "pair_wait": 0.2} | timings
+        settings = {"qr_first_timeout": 5.0, "qr_next_timeout": 5.0, "qr_grace": 1.0, "pair_wait": 0.2} | timings
         client = NeonizeClient("u1", str(tmp_path / "u1" / "auth.db"), recorder, **settings)
         made.append(client)
         return client
@@ -177,6 +178,12 @@ def dispatch(client: NeonizeClient, message: Any) -> None:
     data = message.SerializeToString()
     buffer = ctypes.create_string_buffer(data, max(len(data), 1))
     client.neonize_client.event.execute(0, ctypes.addressof(buffer), len(data), EVENT_TO_INT[type(message)])
+
+
+def qr_code(client: NeonizeClient, payload: str) -> None:
+    """Hand one QR code to the client the way Go does: a C string, through neonize's per-code entry."""
+    buffer = ctypes.create_string_buffer(payload.encode())
+    client.neonize_client._NewClient__onQr(0, ctypes.addressof(buffer))
 
 
 def start(client: NeonizeClient) -> None:
@@ -229,46 +236,61 @@ def test_backend_makes_clients_with_its_timings(tmp_path: Path, recorder: Record
 def test_qr_codes_come_one_at_a_time_then_expire_and_the_client_stops(
     make_client: Callable[..., NeonizeClient], recorder: Recorder, fake_go: FakeGo
 ) -> None:
-    client = make_client(qr_first_timeout=0.3, qr_next_timeout=0.15)
+    client = make_client(qr_first_timeout=0.3, qr_next_timeout=0.15, qr_grace=0.1)
     start(client)
-    shown_at = time.monotonic()
-    dispatch(client, pb.QR(Codes=["code-1", "code-2", "code-3"]))
+    qr_code(client, "code-1")  # as whatsmeow rotates them: each code when the last one's time is up
+    time.sleep(0.3)
+    qr_code(client, "code-2")
+    last = time.monotonic()
+    qr_code(client, "code-3")  # the last: nothing comes after it
     recorder.wait_for(QrExpired)
 
     assert recorder.events == [
-        QrCode(code="code-1", timeout=0.3, index=1, total=3),
-        QrCode(code="code-2", timeout=0.15, index=2, total=3),
-        QrCode(code="code-3", timeout=0.15, index=3, total=3),
+        QrCode(code="code-1", timeout=0.3, index=1, total=6),
+        QrCode(code="code-2", timeout=0.15, index=2, total=6),
+        QrCode(code="code-3", timeout=0.15, index=3, total=6),
         QrExpired(),
     ]
-    times = [at for at, _ in recorder.timed]
-    assert times[0] - shown_at < 0.2
-    assert times[1] - times[0] >= 0.3
-    assert times[2] - times[1] >= 0.15
-    assert times[3] - times[2] >= 0.15
+    expired_at = recorder.timed[-1][0]
+    assert expired_at - last >= 0.15 + 0.1  # the last code's time, and the grace
     wait_until(lambda: fake_go.stopped == [client.neonize_client.uuid])
     assert not client.running
+
+
+def test_a_code_that_comes_in_time_keeps_the_pairing_open(
+    make_client: Callable[..., NeonizeClient], recorder: Recorder
+) -> None:
+    client = make_client(qr_first_timeout=0.2, qr_next_timeout=0.2, qr_grace=0.1)
+    start(client)
+    for n in range(1, 5):  # each within the previous one's time: never expired
+        qr_code(client, f"code-{n}")
+        time.sleep(0.2)
+    assert [type(e) for e in recorder.events] == [QrCode] * 4
+    assert client.running
 
 
 def test_pairing_stops_the_qr_codes_and_the_restart_shows_none(
     make_client: Callable[..., NeonizeClient], recorder: Recorder, fake_go: FakeGo
 ) -> None:
-    client = make_client(qr_first_timeout=0.2, qr_next_timeout=0.1)
+    client = make_client(qr_first_timeout=0.2, qr_next_timeout=0.1, qr_grace=0.05)
     start(client)
-    dispatch(client, pb.QR(Codes=["code-1", "code-2", "code-3"]))
+    qr_code(client, "code-1")
     recorder.wait_for(QrCode)
+    # neonize's Go side drains its events only once the QR loop is over: the QR batch event comes
+    # first, then the pairing, then whatsmeow's restart with the new credentials.
+    dispatch(client, pb.QR(Codes=["code-1", "code-2", "code-3"]))
     dispatch(
         client,
         pb.PairStatus(
             Status=pb.PairStatus.SUCCESS, ID=phone_jid(JID_NUMBER, device=7), BusinessName="", Platform="android"
         ),
     )
-    dispatch(client, pb.QR(Codes=["after-restart"]))  # whatsmeow reconnects after pairing
+    qr_code(client, "late-code")  # a code that crossed the pairing
     dispatch(client, pb.Connected(status=True))
-    time.sleep(0.6)  # longer than the whole rotation would have taken
+    time.sleep(0.6)  # longer than the codes' time and the grace
 
     assert recorder.events == [
-        QrCode(code="code-1", timeout=0.2, index=1, total=3),
+        QrCode(code="code-1", timeout=0.2, index=1, total=6),
         AuthChanged(),
         Connected(jid=f"{JID_NUMBER}@s.whatsapp.net"),
         AuthChanged(),
@@ -298,15 +320,14 @@ def test_connected_takes_the_jid_from_neonizes_device_event(
     assert recorder.events == [Connected(jid="5521988887777@s.whatsapp.net"), AuthChanged()]
 
 
-def test_neonizes_per_code_qr_callback_prints_nothing_and_emits_nothing(
+def test_neonizes_per_code_qr_callback_prints_nothing_and_shows_the_code(
     make_client: Callable[..., NeonizeClient], recorder: Recorder, capsys: pytest.CaptureFixture[str]
 ) -> None:
     client = make_client()
     start(client)
-    code = ctypes.create_string_buffer(b"2@secret-qr-payload")
-    client.neonize_client._NewClient__onQr(0, ctypes.addressof(code))  # Go's entry for single codes
+    qr_code(client, "2@secret-qr-payload")  # Go's entry for single codes
     assert capsys.readouterr().out == ""  # neonize's default draws the QR on the terminal
-    assert recorder.events == []
+    assert recorder.events == [QrCode(code="2@secret-qr-payload", timeout=5.0, index=1, total=6)]
     assert client._first_qr.is_set()
 
 
@@ -323,7 +344,7 @@ def test_pair_phone_waits_for_the_first_qr_then_returns_the_code(
         task = asyncio.create_task(client.pair_phone("+55 11 99999-0000"))
         await asyncio.sleep(0.3)
         assert not task.done() and spy.calls == []  # no QR yet: must not call PairPhone
-        dispatch(client, pb.QR(Codes=["code-1"]))
+        qr_code(client, "code-1")
         return await asyncio.wait_for(task, 5)
 
     assert asyncio.run(scenario()) == "ABCD-EFGH"
@@ -635,6 +656,30 @@ def test_lookup_errors_are_retryable(live: tuple[NeonizeClient, Spy, GoState]) -
     spy.replace("is_on_whatsapp", fail)
     with pytest.raises(NotConnected):
         asyncio.run(client.lookup([JID_NUMBER]))
+
+
+def test_a_lookup_answered_with_no_entry_means_no_account(live: tuple[NeonizeClient, Spy, GoState]) -> None:
+    client, spy, _ = live
+
+    def nothing(*numbers: str) -> Any:
+        raise IsOnWhatsAppError("Function returned nothing.")  # Go's IsOnWhatsApp on an empty answer
+
+    spy.replace("is_on_whatsapp", nothing)
+    assert asyncio.run(client.lookup(["5511900000099"])) == {"5511900000099": None}
+
+
+def test_an_unknown_lookup_error_is_a_passing_failure_not_a_wait_for_the_session(
+    live: tuple[NeonizeClient, Spy, GoState],
+) -> None:
+    client, spy, _ = live
+
+    def odd(*numbers: str) -> Any:
+        raise IsOnWhatsAppError("server returned error 500")
+
+    spy.replace("is_on_whatsapp", odd)
+    with pytest.raises(WhatsAppError) as caught:
+        asyncio.run(client.lookup([JID_NUMBER]))
+    assert not isinstance(caught.value, NotConnected) and "number lookup failed" in str(caught.value)
 
 
 def test_typing_composes_waits_then_pauses(live: tuple[NeonizeClient, Spy, GoState]) -> None:

@@ -8,12 +8,17 @@ into the boundary's ``Event`` values and hand them to ``emit`` (thread-safe) at 
 
 How WhatsApp's pairing behaves, and what this module does about it:
 
-* QR codes come as one batch (neonize's ``QR`` event carries all ~6 codes). They are shown one at
-  a time: the first for ``qr_first_timeout`` (60 s), the others for ``qr_next_timeout`` (20 s)
-  each. After the last code's time without pairing, ``QrExpired`` is emitted and the client
-  stops, because whatsmeow goes silent then while ``connect()`` still blocks.
-* After pairing, whatsmeow restarts the connection with the new credentials. The QR rotation is
-  cancelled on pairing and later QR batches are ignored, so the restart shows no new QR.
+* QR codes reach Python one at a time, through neonize's per-code QR callback
+  (``client.qr(...)``, Go's ``qrFuncCb``), as whatsmeow rotates them: the first for 60 s, then
+  five more for 20 s each. neonize's Go side runs that QR loop *before* it starts draining its
+  event channel, so the ``QR`` event (the whole batch) and every other event stay buffered until
+  the account is paired; the QR event is therefore ignored. Each code is shown with its validity
+  (``qr_first_timeout``, then ``qr_next_timeout``) and re-arms a watchdog (``QrWatch``): when no
+  next code and no pairing come within a code's validity plus ``qr_grace``, ``QrExpired`` is
+  emitted and the client stops, because whatsmeow goes silent then while ``connect()`` still
+  blocks.
+* After pairing, whatsmeow restarts the connection with the new credentials; codes after pairing
+  are ignored, so the restart shows no new QR.
 * Pairing by phone code (``pair_phone``) only works once the first QR has arrived; it waits for
   it (at most ``pair_wait`` seconds).
 * Several neonize calls abort the whole process with a Go panic when there is no logged-in
@@ -39,8 +44,9 @@ Known limits:
 * A ``TemporaryBan`` (like ``LoggedOut``, ``StreamReplaced`` and every final ``Disconnected``)
   stops the client: WhatsApp closes the connection and whatsmeow does not reconnect, so the
   host has to start the session again once the ban is over.
-* neonize hands each event to Python from its own goroutine, so events can arrive out of order;
-  the handlers are written to tolerate that (a QR batch after pairing is ignored, for instance).
+* neonize hands events to Python one after the other from one goroutine, but the per-code QR
+  callback comes from another, so a code and the pairing can cross; the handlers tolerate that (a
+  code after pairing is ignored).
 * All sessions share one process and one Go runtime: a Go panic that slips past the guards takes
   every session down. Running each session in its own worker process ("one worker process per
   session") is the planned next step; this class keeps everything neonize-specific in plain
@@ -101,6 +107,8 @@ T = TypeVar("T")
 
 QR_FIRST_TIMEOUT = 60.0
 QR_NEXT_TIMEOUT = 20.0
+QR_CODES = 6  # whatsmeow's codes for one pairing: the first, then five more
+QR_GRACE = 5.0  # seconds past a code's validity before the next one counts as missing
 PAIR_WAIT = 30.0
 RATE_LIMIT_BACKOFF = 60.0
 LOOKUP_BATCH = 50
@@ -157,48 +165,42 @@ class NeonizeBackend:
 # -- QR codes, one at a time -----------------------------------------------------------------------
 
 
-class QrRotation:
-    """Shows a batch of QR codes one after the other, then reports that they all expired.
+class QrWatch:
+    """Reports that the QR codes ran out when no new code came in time.
 
-    Runs in a daemon thread; ``cancel()`` (on pairing or stop) ends it without further calls."""
+    ``arm(seconds)`` at each code (a later arm replaces the earlier); ``cancel()`` on pairing or stop
+    ends it without a call. The call runs in a daemon timer thread."""
 
-    def __init__(
-        self,
-        codes: Sequence[str],
-        first_timeout: float,
-        next_timeout: float,
-        show: Callable[[QrCode], None],
-        expired: Callable[[], None],
-    ) -> None:
-        self._codes = list(codes)
-        self._first_timeout = first_timeout
-        self._next_timeout = next_timeout
-        self._show = show
+    def __init__(self, expired: Callable[[], None]) -> None:
         self._expired = expired
-        self._cancelled = threading.Event()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="neonize-qr", daemon=True)
+        self._generation = 0
+        self._timer: threading.Timer | None = None
+        self._cancelled = False
 
-    def start(self) -> None:
-        self._thread.start()
+    def arm(self, seconds: float) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+            self._generation += 1
+            self._timer = threading.Timer(seconds, self._fire, args=(self._generation,))
+            self._timer.daemon = True
+            self._timer.name = "neonize-qr-watch"
+            self._timer.start()
 
     def cancel(self) -> None:
         with self._lock:
-            self._cancelled.set()
+            self._cancelled = True
+            if self._timer is not None:
+                self._timer.cancel()
 
-    def _run(self) -> None:
-        total = len(self._codes)
-        for index, code in enumerate(self._codes, start=1):
-            timeout = self._first_timeout if index == 1 else self._next_timeout
-            with self._lock:
-                if self._cancelled.is_set():
-                    return
-                self._show(QrCode(code=code, timeout=timeout, index=index, total=total))
-            if self._cancelled.wait(timeout):
-                return
+    def _fire(self, generation: int) -> None:
         with self._lock:
-            if self._cancelled.is_set():
+            if self._cancelled or generation != self._generation:
                 return
+            self._cancelled = True
         self._expired()
 
 
@@ -216,6 +218,7 @@ class NeonizeClient:
         *,
         qr_first_timeout: float = QR_FIRST_TIMEOUT,
         qr_next_timeout: float = QR_NEXT_TIMEOUT,
+        qr_grace: float = QR_GRACE,
         pair_wait: float = PAIR_WAIT,
     ) -> None:
         self.user_id = user_id
@@ -223,6 +226,7 @@ class NeonizeClient:
         self._emit = emit
         self._qr_first_timeout = qr_first_timeout
         self._qr_next_timeout = qr_next_timeout
+        self._qr_grace = qr_grace
         self._pair_wait = pair_wait
         self._lock = threading.RLock()  # guards the fields below; held around calls that can panic
         self._lifecycle = threading.Lock()  # serialises start and stop
@@ -234,7 +238,8 @@ class NeonizeClient:
         self._paired_jid = ""
         self._connected_once = False
         self._first_qr = threading.Event()
-        self._rotation: QrRotation | None = None
+        self._qr_shown = 0  # codes shown since the start
+        self._qr_watch: QrWatch | None = None
         self._client = self._new_neonize_client()
 
     @property
@@ -319,6 +324,7 @@ class NeonizeClient:
                 self._paired = False
                 self._paired_jid = ""
                 self._first_qr.clear()
+                self._qr_shown = 0
                 Path(self.auth_path).parent.mkdir(parents=True, exist_ok=True)
                 client = self._client
                 self._thread = threading.Thread(
@@ -332,14 +338,14 @@ class NeonizeClient:
     def _stop_sync(self) -> None:
         with self._lifecycle:
             with self._lock:
-                thread, rotation = self._thread, self._rotation
+                thread, watch = self._thread, self._qr_watch
                 if thread is None or self._stopping:
                     return
                 self._stopping = True
-                self._rotation = None
+                self._qr_watch = None
                 client = self._client
-            if rotation is not None:
-                rotation.cancel()
+            if watch is not None:
+                watch.cancel()
             client.stop()
             if thread is not threading.current_thread():
                 thread.join(STOP_JOIN_TIMEOUT)
@@ -364,9 +370,9 @@ class NeonizeClient:
             if self._stopping or self._ended or client is not self._client:
                 return
             self._stopping = self._ended = True
-            rotation, self._rotation = self._rotation, None
-        if rotation is not None:
-            rotation.cancel()
+            watch, self._qr_watch = self._qr_watch, None
+        if watch is not None:
+            watch.cancel()
         reason = readable_connect_error(error) if error else "the connection closed"
         logger.warning("user=%s connection ended: %s", self.user_id, reason)
         self._emit_event(Disconnected(reason=reason, final=True))
@@ -425,8 +431,12 @@ class NeonizeClient:
         try:
             answers = client.is_on_whatsapp(*(f"+{number}" for number in digits))
         except NeonizeError as exc:
+            if _EMPTY_ANSWER.search(str(exc)):  # WhatsApp answered, with no entry: none of them has an account
+                return {}
             failure = classify_failure(str(exc), still_connected=client.is_connected, after_send=False)
-            raise (NotConnected(str(failure)) if isinstance(failure, SendRejected) else failure) from exc
+            if isinstance(failure, SendRejected):  # nothing was sent: a passing error, counted and retried
+                raise WhatsAppError(f"number lookup failed: {exc}") from exc
+            raise failure from exc
         found: dict[str, str] = {}
         for answer in answers:
             query = _digits(answer.Query)
@@ -475,7 +485,8 @@ class NeonizeClient:
             raise WhatsAppError(f"logout failed: {exc}") from exc
         logger.info("user=%s logged out at WhatsApp", self.user_id)
         self._stop_sync()
-        Path(self.auth_path).unlink(missing_ok=True)
+        for suffix in ("", "-journal", "-wal", "-shm"):  # the database and SQLite's side files
+            Path(self.auth_path + suffix).unlink(missing_ok=True)
         self._emit_event(LoggedOut(reason="logged out"))
 
     def _pair_phone_sync(self, digits: str) -> str:
@@ -539,26 +550,27 @@ class NeonizeClient:
             client.event(event_type)(handler)
         return client
 
-    def _on_qr_callback(self, _client: NewClient, _code: bytes) -> None:
-        """neonize's per-code QR callback: only marks that QR pairing is underway. The codes are
-        shown from the QR event, which brings the whole batch."""
+    def _on_qr_callback(self, _client: NewClient, code: bytes) -> None:
+        """neonize's per-code QR callback: one call for each code, as whatsmeow rotates them."""
+        payload = code.decode(errors="replace")
+        with self._lock:
+            if self._paired or self._stopping or not payload:
+                return
+            self._qr_shown += 1
+            index = self._qr_shown
+            timeout = self._qr_first_timeout if index == 1 else self._qr_next_timeout
+            if self._qr_watch is None:
+                self._qr_watch = QrWatch(self._qr_expired)
+            watch = self._qr_watch
+            # Shown under the lock, so that no code is reported after the pairing that ends them.
+            self._show_qr(QrCode(code=payload, timeout=timeout, index=index, total=max(QR_CODES, index)))
         self._first_qr.set()
+        watch.arm(timeout + self._qr_grace)
 
     def _on_qr(self, _client: NewClient, event: Any) -> None:
-        codes = [code for code in event.Codes if code]
-        with self._lock:
-            if self._paired or self._stopping or not codes:
-                return
-            old, self._rotation = (
-                self._rotation,
-                QrRotation(codes, self._qr_first_timeout, self._qr_next_timeout, self._show_qr, self._qr_expired),
-            )
-            rotation = self._rotation
-        if old is not None:
-            old.cancel()
-        self._first_qr.set()
-        logger.info("user=%s %d QR codes to show", self.user_id, len(codes))
-        rotation.start()
+        """neonize's QR event (the whole batch) only arrives once its Go side drains its event
+        channel, that is after pairing: the codes come from ``_on_qr_callback``."""
+        logger.debug("user=%s QR batch event of %d codes ignored", self.user_id, len(event.Codes))
 
     def _show_qr(self, qr: QrCode) -> None:
         logger.info("user=%s QR code %d of %d, valid %.0f s", self.user_id, qr.index, qr.total, qr.timeout)
@@ -581,20 +593,20 @@ class NeonizeClient:
         with self._lock:
             self._paired = True  # whatsmeow now restarts the connection: no new QR from here on
             self._paired_jid = Jid2String(JIDToNonAD(event.ID)) if event.ID.User else ""
-            rotation, self._rotation = self._rotation, None
-        if rotation is not None:
-            rotation.cancel()
+            watch, self._qr_watch = self._qr_watch, None
+        if watch is not None:
+            watch.cancel()
         logger.info("user=%s paired jid=%s platform=%s", self.user_id, self._paired_jid, event.Platform)
         self._emit_event(AuthChanged())
 
     def _on_connected(self, client: NewClient, _event: Any) -> None:
         with self._lock:
             self._paired = True
-            rotation, self._rotation = self._rotation, None
+            watch, self._qr_watch = self._qr_watch, None
             first = not self._connected_once
             self._connected_once = True
-        if rotation is not None:
-            rotation.cancel()
+        if watch is not None:
+            watch.cancel()
         jid = self._own_jid(client)
         logger.info("user=%s connected jid=%s", self.user_id, jid)
         self._emit_event(Connected(jid=jid))
@@ -660,9 +672,9 @@ class NeonizeClient:
             if self._stopping or self._ended:
                 return
             self._ended = True
-            rotation, self._rotation = self._rotation, None
-        if rotation is not None:
-            rotation.cancel()
+            watch, self._qr_watch = self._qr_watch, None
+        if watch is not None:
+            watch.cancel()
         logger.warning("user=%s session over: %s", self.user_id, reason)
         self._emit_event(event)
         self._stop_in_background()
@@ -726,6 +738,10 @@ _NOT_SENT = re.compile(
     r"|info query was interrupted|before info query",
     re.I,
 )
+
+
+# neonize's Go side reports an IsOnWhatsApp answer without entries as an error of this text.
+_EMPTY_ANSWER = re.compile(r"returned nothing", re.I)
 
 
 def classify_failure(text: str, *, still_connected: bool, after_send: bool) -> WhatsAppError:

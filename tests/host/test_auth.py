@@ -345,3 +345,44 @@ def test_a_key_configured_later_encrypts_plaintext_credentials_at_the_next_conne
             assert (await vault_for(s3_store, key).load("user1")) == Restored(plaintext, current=True, encrypted=True)
 
     asyncio.run(scenario())
+
+
+def test_a_journal_left_by_a_killed_worker_is_not_rolled_into_the_restored_credentials(
+    s3_store: S3Store, tmp_path: Path
+) -> None:
+    from session_host.sessions import Session
+    from session_host.whatsapp.simulated import SimulatedBackend
+
+    settings = HostSettings(id="h1", work_dir=str(tmp_path / "work"))
+    work_copy = Path(settings.work_dir) / "user1" / "auth.db"
+    work_copy.parent.mkdir(parents=True)
+    sqlite_blob(work_copy, "old-device")
+    # A writer killed in the middle of a transaction (a worker's kill -9) leaves a hot journal.
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sqlite3, sys\n"
+            "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "db.execute('PRAGMA journal_mode=DELETE'); db.execute('BEGIN')\n"
+            "db.execute(\"UPDATE whatsmeow_device SET push_name = 'half-written'\")\n"
+            "db.execute('CREATE TABLE filler (x)')\n"
+            "db.executemany('INSERT INTO filler VALUES (?)', [('x' * 500,)] * 200)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n",
+            str(work_copy),
+        ],
+        check=False,
+    )
+    assert killed.returncode == -9 and Path(f"{work_copy}-journal").exists()
+
+    blob = sqlite_blob(tmp_path / "stored.db", "stored-device")
+    session = Session("user1", SimulatedBackend(tmp_path / "wa"), Storage(s3_store), settings)
+    asyncio.run(session.vault.save("user1", blob))
+    assert asyncio.run(session._restore_auth()) is True
+
+    assert not Path(f"{work_copy}-journal").exists()
+    db = sqlite3.connect(work_copy)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert db.execute("SELECT push_name FROM whatsmeow_device").fetchall() == [("stored-device",)]
+    db.close()
+    assert work_copy.read_bytes() == blob

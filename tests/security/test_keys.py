@@ -143,16 +143,36 @@ def test_a_page_link_opens_the_pages_and_leaves_a_cookie_for_their_polling(api: 
     problem(api.client.get(f"/sessions/{ALICE}"), 401)
     # A token changed by hand is refused.
     token = url.split("token=")[1]
-    forged = token.split(".")[0] + ".YnJ1bm8." + token.split(".")[2]  # "bruno", the same signature
+    expiry, _, issuer, signature = token.split(".")
+    assert issuer == api.key_ids[ALICE]  # the key that asked for it
+    forged = f"{expiry}.YnJ1bm8.{issuer}.{signature}"  # "bruno", the same signature
     problem(api.client.get(f"/connect?userId={BRUNO}&token={forged}"), 401)
-    problem(api.client.get(f"/connect?userId={ALICE}&token={int(token.split('.')[0]) + 1}.{token[11:]}"), 401)
+    problem(api.client.get(f"/connect?userId={ALICE}&token={int(expiry) + 1}.{token[11:]}"), 401)
+    problem(api.client.get(f"/connect?userId={ALICE}&token={token.replace(issuer, 'admin')}"), 401)
+
+
+def test_revoking_a_key_ends_the_page_links_and_cookies_it_made(s3_client: Any, bucket: str) -> None:
+    with keyed_api(S3Store(s3_client, bucket, prefix="revoke-links")) as api:
+        url = api.client.post(f"/sessions/{ALICE}/link", headers=api.as_user(ALICE)).json()["url"]
+        admin_url = api.client.post(f"/sessions/{ALICE}/link", headers=api.as_admin()).json()["url"]
+        api.client.cookies.clear()
+        assert api.client.get(url).status_code == 200  # leaves the cookie
+        assert api.client.get(f"/sessions/{ALICE}").status_code == 200
+        revoked = api.client.delete(f"/keys/{api.key_ids[ALICE]}", headers=api.as_admin())
+        assert revoked.status_code == 200
+        problem(api.client.get(f"/sessions/{ALICE}"), 401)  # the cookie no longer opens anything
+        api.client.cookies.clear()
+        assert "revoked" in problem(api.client.get(url), 401)["detail"]
+        assert api.client.get(admin_url).status_code == 200  # the admin's link is not the key's
 
 
 def test_link_tokens_expire_and_are_bound_to_their_purpose() -> None:
     now = [1_000_000.0]
     signer = LinkSigner(b"k" * 32, ttl=600, clock=lambda: now[0])
-    token, expires = signer.issue("alice", "link")
-    assert signer.verify(token, "link") == "alice" and expires.timestamp() == 1_000_600
+    token, expires = signer.issue("alice", "link", "admin")
+    assert signer.verify(token, "link") == ("alice", "admin") and expires.timestamp() == 1_000_600
+    with pytest.raises(ValueError):
+        signer.issue("alice", "link", "not.a.key")
     assert signer.verify(token, "cookie") is None  # a link is not a cookie, nor the other way round
     assert LinkSigner(b"x" * 32, ttl=600, clock=lambda: now[0]).verify(token, "link") is None  # another secret
     now[0] += 601

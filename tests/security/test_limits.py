@@ -3,6 +3,7 @@ internal path and no secret."""
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,6 +88,35 @@ def test_too_many_contacts_is_a_413_naming_the_limit(api: Keyed) -> None:
     assert "the limit is 50" in found["detail"] and found["errors"][0]["field"] == "contatos"
 
 
+def test_a_flood_of_tiny_contacts_is_refused_while_it_is_read_in_bounded_memory() -> None:
+    from api.errors import PayloadTooLarge
+    from api.requests import read_bulk_body
+
+    body = b'{"userId": "alice", "mensagemBase": "x", "contatos": [' + b",".join([b"{}"] * 2_000_000) + b"]}"
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadTooLarge) as refused:
+            read_bulk_body(body, 50)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "the limit is 50" in str(refused.value)
+    assert peak < 3 * len(body)  # not two million dicts (145 MB for this 6 MB body)
+
+
+def test_a_contacts_number_has_the_same_length_limit_as_a_single_sends(api: Keyed) -> None:
+    long = "+55 (11) 9" + "-" * 3000 + "0000-0001"
+    body = {**BULK, "contatos": [CONTACT, {"numero": long, "nome": "Bia"}]}
+    found = problem(api.client.post("/send-bulk/preview", json=body, headers=api.as_admin()), 400)
+    assert found["errors"][0]["field"] == "contatos[1].numero" and "32 characters" in found["detail"]
+
+
+@pytest.mark.parametrize("zone", ["America", "Etc", "x" * 300, "../../etc/passwd", "Not/AZone"])
+def test_a_time_zone_that_is_not_one_is_a_400(api: Keyed, zone: str) -> None:
+    answer = api.client.put(f"/sessions/{ALICE}/settings", json={"timezone": zone}, headers=api.as_admin())
+    assert problem(answer, 400)["errors"][0]["field"] == "timezone"
+
+
 def test_a_bad_query_value_names_the_parameter_and_never_repeats_the_url(api: Keyed) -> None:
     found = problem(api.client.get(f"/jobs?userId={ALICE}&limit=lots&token=SECRET-TOKEN", headers=api.as_admin()), 400)
     assert found["errors"][0]["field"] == "limit" and "SECRET-TOKEN" not in str(found)
@@ -131,3 +161,29 @@ def test_the_openapi_document_describes_bodies_problems_and_keys(api: Keyed) -> 
                 assert "413" in codes
     assert doc["paths"]["/healthz"]["get"]["security"] == []
     assert "403" in doc["paths"]["/keys"]["post"]["responses"]
+
+
+def test_the_csv_report_never_hands_a_spreadsheet_a_formula(api: Keyed) -> None:
+    import csv
+    import io
+
+    from infra import layout
+    from infra.documents import Job, Recipient, encode
+    from infra.jobs import initial_state, prepare_job, write_state
+
+    names = ['=HYPERLINK("http://x","y")', "+1+1", "-2", "@SUM(A1)", "\tTab", "Ana", "Zé = 1"]
+    job = prepare_job(
+        Job(
+            userId=ALICE,
+            message="Oi [nome]",
+            recipients=[Recipient(number=f"551190000{i:04d}", name=n) for i, n in enumerate(names)],
+        ),
+        job_id="20261204T000000000000-c5vc5vc5",
+        default_region="BR",
+    )
+    api.store.put(layout.job(job.jobId or ""), encode(job))
+    write_state(api.store, initial_state(job))
+    report = api.client.get(f"/jobs/{job.jobId}/report.csv", headers=api.as_admin())
+    assert report.status_code == 200
+    cells = [row["name"] for row in csv.DictReader(io.StringIO(report.text))]
+    assert cells == ["'" + n for n in names[:5]] + ["Ana", "Zé = 1"]
