@@ -54,7 +54,7 @@ NewClient = load_neonize()  # before any other neonize import: keeps the root lo
 from neonize.events import EVENT_TO_INT  # noqa: E402
 from neonize.exc import IsOnWhatsAppError, NeonizeError, SendMessageError  # noqa: E402
 from neonize.proto import Neonize_pb2 as pb  # noqa: E402
-from neonize.utils.enum import ChatPresence  # noqa: E402
+from neonize.utils.enum import ChatPresence, Presence  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 JID_NUMBER = "5511999990000"
@@ -684,13 +684,17 @@ def test_an_unknown_lookup_error_is_a_passing_failure_not_a_wait_for_the_session
 
 def test_typing_composes_waits_then_pauses(live: tuple[NeonizeClient, Spy, GoState]) -> None:
     client, spy, _ = live
+    spy.replace("send_presence", lambda presence: None)
     spy.replace("send_chat_presence", lambda jid, state, media: (time.monotonic(), state))
     began = time.monotonic()
     asyncio.run(client.typing(f"{JID_NUMBER}@s.whatsapp.net", 0.2))
-    states = [args[1] for _, args in spy.calls]
+    assert spy.calls[0] == ("send_presence", (Presence.AVAILABLE,))  # online first, once a connection
+    states = [args[1] for name, args in spy.calls[1:]]
     assert states == [ChatPresence.CHAT_PRESENCE_COMPOSING, ChatPresence.CHAT_PRESENCE_PAUSED]
     assert time.monotonic() - began >= 0.2
-    assert spy.calls[0][1][0].User == JID_NUMBER
+    assert spy.calls[1][1][0].User == JID_NUMBER
+    asyncio.run(client.typing(f"{JID_NUMBER}@s.whatsapp.net", 0.01))
+    assert [name for name, _ in spy.calls].count("send_presence") == 1
 
 
 def test_logout_unlinks_forgets_the_file_and_reports_once(

@@ -47,11 +47,16 @@ Known limits:
 * neonize hands events to Python one after the other from one goroutine, but the per-code QR
   callback comes from another, so a code and the pairing can cross; the handlers tolerate that (a
   code after pairing is ignored).
-* All sessions share one process and one Go runtime: a Go panic that slips past the guards takes
-  every session down. Running each session in its own worker process ("one worker process per
-  session") is the planned next step; this class keeps everything neonize-specific in plain
-  synchronous methods (``*_sync``) and only talks to the outside through ``emit``, so that it can
-  run inside such a worker unchanged.
+* In one process, all sessions share one Go runtime: a Go panic that slips past the guards takes
+  every session of that process down. The host therefore runs each session's client in a worker
+  process of its own (``session_host.whatsapp.worker``); this class keeps everything
+  neonize-specific in plain synchronous methods (``*_sync``) and only talks to the outside through
+  ``emit``, so that it runs inside such a worker unchanged.
+* Stopping a client that is not paired yet (showing QR codes) does not end neonize's ``connect()``:
+  its Go side waits in its QR loop, and then for a device id, without looking at the stop. The
+  join gives up after ``STOP_JOIN_TIMEOUT`` (10 s), and once whatsmeow's QR time is over the Go
+  side reads the removed client and panics. A worker ends its process after a stop (``os._exit``),
+  so this never outlives the session there; in one process (``isolated=False``, tests) it would.
 * A process that exits without stopping its clients would hang, because neonize's ``connect()``
   starts a non-daemon thread; running clients are therefore stopped when the interpreter shuts down.
 
@@ -239,6 +244,7 @@ class NeonizeClient:
         self._connected_once = False
         self._first_qr = threading.Event()
         self._qr_shown = 0  # codes shown since the start
+        self._available_sent = False  # "available" presence sent on this connection
         self._qr_watch: QrWatch | None = None
         self._client = self._new_neonize_client()
 
@@ -462,11 +468,16 @@ class NeonizeClient:
 
     def _chat_presence_sync(self, target: JID, composing: bool) -> None:
         from neonize.exc import NeonizeError
-        from neonize.utils.enum import ChatPresence, ChatPresenceMedia
+        from neonize.utils.enum import ChatPresence, ChatPresenceMedia, Presence
 
         client = self._require_session()
         state = ChatPresence.CHAT_PRESENCE_COMPOSING if composing else ChatPresence.CHAT_PRESENCE_PAUSED
         try:
+            if composing and not self._available_sent:
+                # WhatsApp passes "typing…" on only from an account that said it is online
+                # (whatsmeow's SendPresence); once per connection.
+                client.send_presence(Presence.AVAILABLE)
+                self._available_sent = True
             client.send_chat_presence(target, state, ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT)
         except NeonizeError as exc:
             logger.warning("user=%s typing indicator failed: %s", self.user_id, exc)
@@ -605,6 +616,7 @@ class NeonizeClient:
             watch, self._qr_watch = self._qr_watch, None
             first = not self._connected_once
             self._connected_once = True
+            self._available_sent = False  # a new connection: say it again before typing
         if watch is not None:
             watch.cancel()
         jid = self._own_jid(client)
