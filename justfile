@@ -1,6 +1,7 @@
 # zapgate's tasks. On a fresh machine run them through ./dev, which installs what they need first.
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
+set positional-arguments  # recipes pass "$@" on, so that an argument with spaces stays one
 
 python := ".venv/bin/python"
 
@@ -19,11 +20,11 @@ demo:
 
 # Talk to a running zapgate: `just zg sessions`, `just zg send user1 5511999999999 "Olá"`, `just zg job ID`.
 zg *args:
-    {{python}} -m infra.cli {{args}}
+    {{python}} -m infra.cli "$@"
 
 # Drive the demo's simulated WhatsApp: `just sim scan user1`, `just sim delivered`.
 sim *args:
-    {{python}} -m session_host.whatsapp.simulated ./demo/whatsapp {{args}}
+    {{python}} -m session_host.whatsapp.simulated ./demo/whatsapp "$@"
 
 # The tests, against a real S3 server: Ceph RGW started here, unless ZAPGATE_S3_ENDPOINT names one.
 test *args:
@@ -33,7 +34,7 @@ test *args:
         eval "$(infra/s3server/rgw.sh start)"
         trap 'infra/s3server/rgw.sh stop' EXIT
     fi
-    {{python}} -m pytest {{args}}
+    {{python}} -m pytest "$@"
 
 # The benchmarks, against the same kind of S3 server as the tests.
 bench *args:
@@ -43,7 +44,7 @@ bench *args:
         eval "$(infra/s3server/rgw.sh start)"
         trap 'infra/s3server/rgw.sh stop' EXIT
     fi
-    {{python}} -m bench {{args}}
+    {{python}} -m bench "$@"
     {{python}} -m bench.memory  # PSS per idle neonize session at 1, 10 and 50 sessions; needs no S3
 
 # Lint and format check.

@@ -22,6 +22,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from infra.documents import PATTERN_WORDS
 from infra.store import StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ _MSGSPEC_PATH = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", r
 _NAMED_FIELD = re.compile(r"(?:required|unknown) field `(?P<name>[^`]+)`")
 # Our own checks (a Struct's __post_init__) start their message with the field they are about, in
 # lower camel case ("timezone 'X' is not…"); msgspec's own messages start with a capital.
+_PATTERN = re.compile(r"^Expected `str` matching regex (?P<regex>.*)$", re.DOTALL)
+_PATTERN_WORDS = {repr(pattern): words for pattern, words in PATTERN_WORDS.items()}  # as msgspec prints them
 _LEADING_FIELD = re.compile(r"^(?P<name>[a-z][A-Za-z]*) ")
 
 
@@ -116,6 +119,8 @@ def from_msgspec(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiError
     if named := _NAMED_FIELD.search(reason):
         path = f"{path}.{named['name']}" if path else named["name"]
         reason = "is required" if "required" in reason else "is not a known field"
+    if pattern := _PATTERN.match(reason):  # msgspec shows the regex: say what it asks for instead
+        reason = _PATTERN_WORDS.get(pattern["regex"], "is not in the expected form")
     if not path and (lead := _LEADING_FIELD.match(reason)):  # a check of the whole body's own fields
         path = lead["name"]
     return InvalidField(path or "body", reason)

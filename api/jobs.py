@@ -82,7 +82,7 @@ class JobController(Controller):
             )
         disposition = f'attachment; filename="zapgate-{state.jobId}.csv"'
         return Response(
-            out.getvalue(), media_type="text/csv; charset=utf-8", headers={"Content-Disposition": disposition}
+            out.getvalue(), media_type="text/csv", headers={"Content-Disposition": disposition}
         )
 
     @post("/{job_id:str}/{action:str}", status_code=202, sync_to_thread=True, opt=documented(None, 409))

@@ -12,6 +12,7 @@ import msgspec
 from api.errors import NotFoundError
 from infra import layout
 from infra.documents import (
+    UNPAIRED_AT_STOP,
     AccountSettings,
     HostBeat,
     Job,
@@ -73,17 +74,22 @@ def list_hosts(store: ObjectStore) -> list[HostBeat]:
 
 
 def _with_liveness(status: SessionStatus, beat: HostBeat | None) -> SessionStatus:
-    """Mark a status whose host no longer runs: its "connected" is then only the last word."""
-    if status.host is None or status.state in ("disconnected", "logged_out", "qr_expired", "failed"):
+    """Mark a status whose host no longer runs: its "connected" is then only the last word, and
+    QR codes it showed died with it."""
+    if status.host is None:
         return status
     now = utcnow()
     status.hostAlive = beat is not None and beat.alive(now)
-    if not status.hostAlive:
-        if beat is None:
-            status.detail = f"the session host {status.host} is not running"
-        else:
-            verb, when = ("stopped", beat.stoppedAt) if beat.stoppedAt else ("was last seen", beat.lastSeen)
-            status.detail = f"the session host {status.host} {verb} {(now - when).total_seconds():.0f} s ago"
+    if status.hostAlive or status.state in ("disconnected", "logged_out", "qr_expired", "failed"):
+        return status
+    if not status.paired and status.state in ("starting", "qr"):  # nothing for the next host to restore
+        status.state, status.qr, status.qrExpiresAt, status.pairCode = "disconnected", None, None, None
+        status.detail = UNPAIRED_AT_STOP
+    elif beat is None:
+        status.detail = f"the session host {status.host} is not running"
+    else:
+        verb, when = ("stopped", beat.stoppedAt) if beat.stoppedAt else ("was last seen", beat.lastSeen)
+        status.detail = f"the session host {status.host} {verb} {(now - when).total_seconds():.0f} s ago"
     return status
 
 

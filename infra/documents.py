@@ -61,6 +61,11 @@ class AntiBanSettings(Input, frozen=True):
 
 _CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]" + END
 Clock = Annotated[str, msgspec.Meta(pattern=_CLOCK, description="HH:MM, 24-hour clock")]
+# What a pattern asks for, in words, for the errors that name a field (api/errors.py).
+PATTERN_WORDS = {
+    _CLOCK: "must be a time of day as HH:MM, 24-hour clock (08:00, 21:30)",
+    JOB_ID_PATTERN: "is not a job id",
+}
 WARMUP_CAPS = (20, 40, 80, 160, 320)  # messages on the 1st, 2nd, … day after pairing, with warm-up on
 
 
@@ -209,6 +214,9 @@ class JobState(msgspec.Struct):
     detail: str | None = None
     webhook: WebhookStatus | None = None
     resultsOffset: int = 0
+    # The WhatsApp number (JID) the job's messages leave from; a job paused when the account comes
+    # back paired with another number, until resumed (session_host.sender).
+    senderJid: str | None = None
 
     def count(self) -> None:
         """Recompute the totals from the per-recipient results."""
@@ -292,6 +300,10 @@ class SessionStatus(msgspec.Struct):
 
 
 # -- hosts -----------------------------------------------------------------------------------------
+
+
+# The state a session that was showing QR codes is left in when its host stops or dies.
+UNPAIRED_AT_STOP = "the session host stopped before the QR code was scanned; open /connect again for new codes"
 
 
 class HostBeat(msgspec.Struct):

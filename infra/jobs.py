@@ -69,15 +69,23 @@ def prepare_job(job: Job, *, job_id: str, default_region: str | None, now: dt.da
 
 def _check_template(job: Job) -> None:
     """Every placeholder can be filled, and no filled message is longer than WhatsApp allows here."""
+    for problem in templates.problems(job.message):
+        raise InvalidJob("message", problem)
     for missing in templates.missing_fields(job.message, [recipient.values() for recipient in job.recipients]):
         raise InvalidJob("message", _missing_reason(missing))
+    blank = []
     for index in range(len(job.recipients)):
-        if (length := len(render(job, index))) > MAX_MESSAGE_CHARS:
+        text = render(job, index)
+        if (length := len(text)) > MAX_MESSAGE_CHARS:
             raise InvalidJob(
                 "message",
                 f"filled in for the contact at position {index} it is {length} characters; "
                 f"the limit is {MAX_MESSAGE_CHARS}",
             )
+        if not text.strip():
+            blank.append(index)
+    if blank:
+        raise InvalidJob("message", f"filled in it is blank for the contacts at positions {_positions(blank)}")
 
 
 def _url_problem(url: str) -> str | None:
@@ -130,12 +138,15 @@ def render(job: Job, index: int) -> str:
 
 
 def _missing_reason(missing: templates.MissingField) -> str:
-    shown = ", ".join(str(position) for position in missing.positions[:20])
-    more = f" and {len(missing.positions) - 20} more" if len(missing.positions) > 20 else ""
     return (
-        f"[{missing.field}] has no value for the contacts at positions {shown}{more}; "
+        f"[{missing.field}] has no value for the contacts at positions {_positions(missing.positions)}; "
         f"give every contact a {missing.field!r} or write [{missing.field}|fallback text]"
     )
+
+
+def _positions(positions: list[int]) -> str:
+    shown = ", ".join(str(position) for position in positions[:20])
+    return shown + (f" and {len(positions) - 20} more" if len(positions) > 20 else "")
 
 
 # -- job state in the store: a summary and chunks of results -------------------------------------

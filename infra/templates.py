@@ -6,7 +6,11 @@
   it is empty). A placeholder with no fallback and no value is refused when the job is submitted,
   naming the contacts it affects: a literal ``[nome]`` never reaches anyone.
 - ``{Olá|Oi|E aí}``: one of the choices, picked per recipient from its message id, so a campaign is
-  not one identical text and a resend picks the same words. Braces without ``|`` are plain text.
+  not one identical text and a resend picks the same words. A choice may hold placeholders
+  (``{Oi [nome]|Olá [nome|amigo]}``), filled like any other. Braces without ``|`` are plain text.
+- Refused at submission (``problems``), because they would reach people as typed: a variation
+  inside another, a ``[field`` or a ``{a|b`` that is never closed, and a template that fills in to
+  nothing but blanks for some contact.
 
 Everything else is copied as it is: accents, emoji sequences, right-to-left text.
 """
@@ -21,8 +25,14 @@ import msgspec
 
 # [field] or [field|fallback]: a field name is a word (letters of any script, digits, _ and -).
 _PLACEHOLDER = re.compile(r"\[([^\W\d][\w-]{0,63})(?:\|([^\[\]]*))?\]")
-_VARIATION = re.compile(r"\{([^{}]*\|[^{}]*)\}")
+# One choice of a variation: text without braces, bars or brackets, and whole placeholders.
+_CHOICE = rf"(?:{_PLACEHOLDER.pattern.replace('(', '(?:').replace('(?:?:', '(?:')}|[^{{}}\[\]|])*"
+_VARIATION = re.compile(rf"\{{({_CHOICE}(?:\|{_CHOICE})+)\}}")
 _TOKENS = re.compile(f"{_PLACEHOLDER.pattern}|{_VARIATION.pattern}")
+_CHOICE_BAR = re.compile(r"\|(?![^\[]*\])")  # a bar between choices, not a placeholder's own
+# "[nome" with no "]" before the next "[" or the end: a placeholder never closed.
+_OPEN_PLACEHOLDER = re.compile(r"\[[^\W\d][\w-]{0,63}[^\[\]]*(?=\[|$)")
+_OPEN_VARIATION = re.compile(r"\{[^{}]*\|[^{}]*$")
 
 
 class MissingField(msgspec.Struct, frozen=True):
@@ -49,11 +59,7 @@ def missing_fields(template: str, recipients: Sequence[Mapping[str, str]]) -> li
 def render(template: str, values: Mapping[str, str], seed: str = "") -> str:
     """Fill ``template`` for one recipient; ``seed`` (its message id) picks the variations."""
 
-    def replace(match: re.Match[str]) -> str:
-        if match[3] is not None:  # a variation
-            choices = match[3].split("|")
-            digest = hashlib.sha256(f"{seed}:{match.start()}".encode()).digest()
-            return choices[int.from_bytes(digest[:4], "big") % len(choices)]
+    def fill(match: re.Match[str]) -> str:
         value = values.get(match[1])
         if value:
             return value
@@ -61,4 +67,29 @@ def render(template: str, values: Mapping[str, str], seed: str = "") -> str:
             return match[2]
         raise KeyError(match[1])  # prevented by missing_fields at submission
 
+    def replace(match: re.Match[str]) -> str:
+        if match[3] is None:
+            return fill(match)
+        choices = _choices(match[3])
+        digest = hashlib.sha256(f"{seed}:{match.start()}".encode()).digest()
+        chosen = choices[int.from_bytes(digest[:4], "big") % len(choices)]
+        return _PLACEHOLDER.sub(fill, chosen)  # the template's own text: its placeholders are filled
+
     return _TOKENS.sub(replace, template)
+
+
+def problems(template: str) -> list[str]:
+    """What in ``template`` would reach people as typed instead of as meant."""
+    found = []
+    rest = _VARIATION.sub("", template)  # well-formed variations out: what is left is plain text
+    if _VARIATION.search(rest):  # removing an inner one made its outer one whole
+        found.append("a variation {a|b} is inside another; write the choices side by side: {a|b|c}")
+    if opened := _OPEN_PLACEHOLDER.search(_PLACEHOLDER.sub("", rest)):
+        found.append(f"{opened[0][:40]!r} is not closed with ]")
+    if opened := _OPEN_VARIATION.search(rest):
+        found.append(f"the variation {opened[0][:40]!r} is not closed with }}")
+    return found
+
+
+def _choices(body: str) -> list[str]:
+    return _CHOICE_BAR.split(body)

@@ -21,6 +21,7 @@ import msgspec
 
 from infra import layout
 from infra.documents import (
+    UNPAIRED_AT_STOP,
     Connect,
     ControlJob,
     Disconnect,
@@ -42,7 +43,7 @@ from infra.settings import Settings
 from infra.store import NotFound, ObjectStore, PreconditionFailed, StoreError
 from session_host.leases import Leases
 from session_host.sender import AccountSender, JobRun
-from session_host.sessions import Session
+from session_host.sessions import ACTIVE_STATES, Session
 from session_host.storage import Storage
 from session_host.whatsapp import WhatsAppBackend
 
@@ -141,6 +142,8 @@ class Host:
         paired = await self.storage.get_bytes(layout.session_auth(user_id)) is not None
         if paired and (status is None or status.state in RESTORED_STATES):
             await self._session(user_id).start()
+        elif not paired and status is not None and status.state in ACTIVE_STATES:  # its host died mid-pairing
+            await self._session(user_id).stop("disconnected", UNPAIRED_AT_STOP)
         for key in await self.storage.list(f"{layout.QUEUE}{user_id}/"):
             await self._resume_job(user_id, key.rsplit("/", 1)[1])
         return True
@@ -204,7 +207,11 @@ class Host:
             case Connect():
                 await session.start()
             case Disconnect():
-                await session.stop("disconnected", "disconnected through the API; the pairing is kept")
+                status = await session.load_status()
+                if status.paired:
+                    await session.stop("disconnected", "disconnected through the API; the pairing is kept")
+                elif status.state != "logged_out":  # logged out, it stays so: nothing to disconnect
+                    await session.stop("disconnected", "disconnected through the API before it was paired")
             case Logout():
                 await session.logout()
             case PairPhone(phone=phone):  # waits for the first QR code: not in the polling loop
@@ -327,9 +334,12 @@ class Host:
         for session in self.sessions.values():
             if session.active:
                 try:
-                    await session.stop(
-                        "reconnecting", "the session host stopped; it reconnects when the host starts again"
-                    )
+                    if session.status.paired:
+                        await session.stop(
+                            "reconnecting", "the session host stopped; it reconnects when the host starts again"
+                        )
+                    else:  # nothing to reconnect with: the QR codes end with the host
+                        await session.stop("disconnected", UNPAIRED_AT_STOP)
                 except Exception:
                     logger.exception("user=%s clean stop failed", session.user_id)
 

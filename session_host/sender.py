@@ -198,6 +198,7 @@ class AccountSender:
             await self._checkpoint(run)
         elif action == "resume" and run.state.status == "paused":
             run.state.status, run.state.detail = "queued", None
+            run.state.senderJid = None  # from the number the account has now
             await self._checkpoint(run)
         elif action == "cancel":
             run.cancelling = True  # carried out by the sending loop, after a message already on its way
@@ -236,10 +237,27 @@ class AccountSender:
         if (block := self.limits.blocked(utcnow(), session.status.pairedAt)) is not None:
             await self._wait_for_limit(run, block)
             return
+        if (jid := session.status.jid) and run.state.senderJid is None:
+            run.state.senderJid = jid  # written with the next checkpoint
+        elif jid and jid != run.state.senderJid:
+            await self._pause_for_new_number(run, jid)
+            return
         if run.state.status != "running":
             run.state.status, run.state.detail = "running", None
             await self._checkpoint(run)
         await self._deliver(run, result, session)
+
+    async def _pause_for_new_number(self, run: JobRun, jid: str) -> None:
+        """The account was paired again, with another phone: its contacts would hear from a number
+        they did not hear from before. The job waits for someone to say so (resume)."""
+        number, before = jid.split("@")[0], (run.state.senderJid or "").split("@")[0]
+        run.state.status = "paused"
+        run.state.detail = (
+            f"the account is now paired with another number ({number}); this job began sending from {before}. "
+            "Resume it to send the rest from the new number"
+        )
+        logger.warning("user=%s job=%s paused: sender changed from %s to %s", self.user_id, run.id, before, number)
+        await self._checkpoint(run)
 
     async def _cancel(self, run: JobRun) -> None:
         for result in run.state.results:
@@ -279,7 +297,10 @@ class AccountSender:
                     run.job.imageUrl, max_bytes=self.settings.image_max_bytes, timeout=self.settings.image_timeout
                 )
             except MediaError as exc:
-                await self._finish(run, "failed", f"image: {exc}")
+                for result in run.state.results:  # no one is left pending by a job that is over
+                    if result.status == "pending":
+                        result.status, result.error = "skipped", f"not sent: the job failed (image: {exc})"
+                await self._finish(run, "failed", f"image: {exc}", all_results=True)
                 return
         run.prepared = True
         if run.state.startedAt is None:

@@ -65,6 +65,7 @@ class Session:
         self.client: WhatsAppClient | None = None
         self.auth_path = Path(settings.work_dir) / user_id / "auth.db"
         self._tasks: list[asyncio.Task[None]] = []
+        self._status_loaded = False
         self._saved_digest: str | None = None
         self._connected = False
         self._paused_until = 0.0
@@ -311,7 +312,18 @@ class Session:
             except Exception:
                 logger.exception("user=%s periodic credentials save failed", self.user_id)
 
+    async def load_status(self) -> SessionStatus:
+        """Start from the stored status (whether the account is paired, its number, since when), once:
+        a session new to this host must not write defaults over what an earlier host knew."""
+        if not self._status_loaded:
+            stored = await self.storage.read(layout.session_status(self.user_id), SessionStatus)
+            if stored is not None:
+                self.status = msgspec.structs.replace(stored, host=self.status.host, backend=self.status.backend)
+            self._status_loaded = True
+        return self.status
+
     async def _set(self, state: SessionState, **changes: Any) -> None:
+        await self.load_status()
         self.status = msgspec.structs.replace(self.status, state=state, updatedAt=utcnow(), **changes)
         await self.storage.write_safely(layout.session_status(self.user_id), self.status)
 

@@ -86,3 +86,37 @@ def test_more_contacts_than_the_limit_is_a_413(running: System) -> None:
     contacts = [{"nome": "C", "numero": f"55119{i:08d}"} for i in range(1001)]
     answer = running.http.post("/send-bulk", json=bulk(contacts))
     assert answer.status_code == 413 and "limit is 1000" in answer.json()["detail"]
+
+
+def test_placeholders_inside_variations_are_filled_in_what_would_be_sent(running: System) -> None:
+    contacts = [{"nome": f"Pessoa {i}", "numero": f"55119000001{i:02d}"} for i in range(12)]
+    answer = running.http.post(
+        "/send-bulk/preview", params={"count": 12}, json=bulk(contacts, "{Oi [nome]|Olá [nome]}, tudo bem?")
+    )
+    assert answer.status_code == 200, answer.text
+    texts = [m["text"] for m in answer.json()["messages"]]
+    assert all(t in (f"Oi Pessoa {i}, tudo bem?", f"Olá Pessoa {i}, tudo bem?") for i, t in enumerate(texts))
+    assert not any("[" in t for t in texts)
+
+
+@pytest.mark.parametrize(
+    ("message", "contacts", "words"),
+    [
+        ("{Oi|{Olá|E aí}} [nome]", [{"nome": "Ana", "numero": "5511900000001"}], "inside another"),
+        ("Olá [nome, tudo bem?", [{"nome": "Ana", "numero": "5511900000001"}], "is not closed with ]"),
+        ("{Oi|Olá [nome]", [{"nome": "Ana", "numero": "5511900000001"}], "is not closed with }"),
+        ("[nome|]", [{"nome": "Ana", "numero": "5511900000001"}, {"numero": "5511900000002"}], "blank"),
+        ("[nome]", [{"nome": "   ", "numero": "5511900000001"}], "blank for the contacts at positions 0"),
+        ("{|}", [{"numero": "5511900000001"}], "blank"),
+    ],
+)
+def test_templates_that_would_reach_people_as_typed_or_blank_are_refused(
+    running: System, message: str, contacts: list[dict[str, Any]], words: str
+) -> None:
+    before = set(running.store.list("inbox/"))  # the host may still be taking earlier tests' jobs
+    for path in ("/send-bulk/preview", "/send-bulk"):
+        answer = running.http.post(path, json=bulk(contacts, message))
+        assert answer.status_code == 400, answer.text
+        problem = answer.json()
+        assert problem["errors"][0]["field"] == "mensagemBase" and words in problem["detail"]
+    assert set(running.store.list("inbox/")) <= before  # no job was written

@@ -6,8 +6,9 @@ import asyncio
 import itertools
 from pathlib import Path
 
+from api.service import send_command
 from infra import layout
-from infra.documents import AntiBanSettings
+from infra.documents import AntiBanSettings, ControlJob, utcnow
 from infra.store.s3 import S3Store
 from tests.host.harness import HostHarness, until
 
@@ -106,6 +107,36 @@ def test_case5_logged_out_mid_campaign(s3_store: S3Store, tmp_path: Path) -> Non
             assert state.totals.sent == 10 and len(h.world.delivered("user1")) == 10
 
     asyncio.run(scenario())
+
+
+def test_paired_again_with_another_phone_the_campaign_waits_to_be_resumed(s3_store: S3Store, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with HostHarness(s3_store, tmp_path) as h:
+            await h.connect("user1", "5511977770000")
+            job_id = await h.submit("user1", [(f"C{i}", f"55119000001{i:02d}") for i in range(6)])
+            await until(lambda: _async(len(h.world.delivered("user1")) >= 2), 10, "two messages")
+            h.world.unlink("user1")
+            await h.until_state("user1", "logged_out")
+            await h.connect("user1", "5511966660000")  # another phone
+            state = await until(lambda: _paused(h, job_id), 10, "the job to pause")
+            assert "5511966660000" in (state.detail or "") and "5511977770000" in (state.detail or "")
+            sent_before = len(h.world.delivered("user1"))
+            await asyncio.sleep(0.8)
+            assert len(h.world.delivered("user1")) == sent_before  # nothing from the new number meanwhile
+            await asyncio.to_thread(
+                send_command, s3_store, "user1", ControlJob(jobId=job_id, action="resume", issuedAt=utcnow())
+            )
+            state = await h.final(job_id)
+            senders = [m.senderJid.split("@")[0] for m in h.world.delivered("user1")]
+            assert state.totals.sent == 6 and senders[sent_before:] == ["5511966660000"] * (6 - sent_before)
+            assert state.senderJid == "5511966660000@s.whatsapp.net"
+
+    asyncio.run(scenario())
+
+
+async def _paused(h: HostHarness, job_id: str) -> object:
+    state = await h.job(job_id)
+    return state if state.status == "paused" else None
 
 
 def test_case7_qr_never_scanned_expires_and_others_go_on(s3_store: S3Store, tmp_path: Path) -> None:

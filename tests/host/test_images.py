@@ -88,7 +88,8 @@ def test_a_bad_image_fails_the_job_before_anyone_gets_anything(
             )
             state = await h.final(job_id)
             assert state.status == "failed" and reason in (state.detail or ""), state.detail
-            assert state.totals.pending == 2 and h.world.delivered("user1") == []
+            assert (state.totals.pending, state.totals.skipped) == (0, 2) and h.world.delivered("user1") == []
+            assert all("the job failed" in (r.error or "") for r in state.results)
 
     asyncio.run(scenario())
 

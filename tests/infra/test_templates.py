@@ -2,6 +2,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
+from infra import templates
 from infra.templates import fields_of, missing_fields, render
 
 
@@ -36,3 +39,29 @@ def test_variations_differ_across_recipients_but_not_across_retries() -> None:
 def test_every_character_arrives_as_written() -> None:
     template = "Olá [nome] ção ñ 👨‍👩‍👧‍👦 🇧🇷 שלום עולם مرحبا {sem escolha} [não fecha"
     assert render(template, {"nome": "Zoë"}) == template.replace("[nome]", "Zoë")
+
+
+def test_placeholders_inside_a_variation_are_filled_too() -> None:
+    template = "{Oi [nome]|Olá [nome]|E aí [apelido|amigo]}, tudo bem?"
+    rendered = {templates.render(template, {"nome": "Ana"}, seed=f"m{i}") for i in range(30)}
+    assert rendered == {"Oi Ana, tudo bem?", "Olá Ana, tudo bem?", "E aí amigo, tudo bem?"}
+    assert templates.fields_of(template) == {"nome"}
+
+
+@pytest.mark.parametrize(
+    ("template", "words"),
+    [
+        ("{a|{b|c}}", "inside another"),
+        ("Olá [nome, tudo bem?", "'[nome, tudo bem?' is not closed"),
+        ("Oi {Ana|Bia", "'{Ana|Bia' is not closed"),
+    ],
+)
+def test_templates_that_would_arrive_as_typed_are_problems(template: str, words: str) -> None:
+    assert any(words in problem for problem in templates.problems(template))
+
+
+@pytest.mark.parametrize(
+    "template", ["Olá [nome]!", "{Oi|Olá} [nome]", "use [ and ] and { }", "{x}", "a | b", "😀 [nome|amigo]"]
+)
+def test_well_formed_templates_have_no_problems(template: str) -> None:
+    assert templates.problems(template) == []

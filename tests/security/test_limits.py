@@ -184,6 +184,20 @@ def test_the_csv_report_never_hands_a_spreadsheet_a_formula(api: Keyed) -> None:
     api.store.put(layout.job(job.jobId or ""), encode(job))
     write_state(api.store, initial_state(job))
     report = api.client.get(f"/jobs/{job.jobId}/report.csv", headers=api.as_admin())
-    assert report.status_code == 200
+    assert report.status_code == 200 and report.headers["content-type"] == "text/csv; charset=utf-8"
     cells = [row["name"] for row in csv.DictReader(io.StringIO(report.text))]
     assert cells == ["'" + n for n in names[:5]] + ["Ana", "Zé = 1"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "words"),
+    [
+        ({"quietHours": {"start": "25:00", "end": "08:00"}}, "quietHours.start", "HH:MM"),
+        ({"quietHours": {"start": "08:00", "end": "08:00"}}, "quietHours", "must differ"),
+    ],
+)
+def test_account_settings_errors_name_the_field_in_words(
+    api: Keyed, settings: dict[str, Any], field: str, words: str
+) -> None:
+    found = problem(api.client.put(f"/sessions/{ALICE}/settings", json=settings, headers=api.as_admin()), 400)
+    assert found["errors"][0]["field"] == field and words in found["detail"] and "regex" not in found["detail"]
