@@ -81,9 +81,7 @@ class JobController(Controller):
                 [r.index, r.number, _cell(r.name), r.status, r.jid or "", r.messageId, r.attempts, sent, _cell(r.error)]
             )
         disposition = f'attachment; filename="zapgate-{state.jobId}.csv"'
-        return Response(
-            out.getvalue(), media_type="text/csv", headers={"Content-Disposition": disposition}
-        )
+        return Response(out.getvalue(), media_type="text/csv", headers={"Content-Disposition": disposition})
 
     @post("/{job_id:str}/{action:str}", status_code=202, sync_to_thread=True, opt=documented(None, 409))
     def control_job(

@@ -322,7 +322,7 @@ class AccountSender:
     async def _wait_for_limit(self, run: JobRun, block: Block) -> None:
         if run.state.status != "waiting" or run.state.detail != block.reason:
             run.state.status, run.state.detail = "waiting", block.reason
-            await self._checkpoint(run)
+            await self._checkpoint(run, not_before=block.until)
             logger.info("user=%s job=%s waiting: %s", self.user_id, run.id, block.reason)
         self._wakeup.clear()  # new settings wake it early
         seconds = min((block.until - utcnow()).total_seconds(), 5.0)
@@ -426,18 +426,25 @@ class AccountSender:
 
     # -- the store -----------------------------------------------------------------------------------
 
-    async def _checkpoint(self, run: JobRun, changed: RecipientResult | None = None, all_results: bool = False) -> None:
-        """Write the job's summary, with the chunk of results that holds ``changed``."""
+    async def _checkpoint(
+        self,
+        run: JobRun,
+        changed: RecipientResult | None = None,
+        all_results: bool = False,
+        not_before: dt.datetime | None = None,
+    ) -> None:
+        """Write the job's summary, with the chunk of results that holds ``changed``. ``not_before``:
+        sending cannot go on before then (a limit holds), which the estimated end counts in."""
         run.state.count()
-        run.state.updatedAt = utcnow()
-        run.state.estimatedEnd = self._estimated_end(run)
+        run.state.updatedAt = now = utcnow()
+        run.state.estimatedEnd = self._estimated_end(run, max(now, not_before or now))
         chunks = None if all_results else [] if changed is None else [chunk_of(changed.index)]
         async with run.writing:  # one write at a time, each a snapshot newer than the last
             objects = encode_state(run.state, chunks)
             await self.storage.safely(f"job {run.id}", write_objects, self.storage.store, objects)
 
-    def _estimated_end(self, run: JobRun) -> dt.datetime | None:
-        """When the job's last message should leave at its pace, counting only this job."""
+    def _estimated_end(self, run: JobRun, start: dt.datetime) -> dt.datetime | None:
+        """When the job's last message should leave at its pace from ``start``, counting only this job."""
         if run.state.status in FINAL_JOB_STATUSES or run.state.totals.pending == 0:
             return None
         settings = run.job.antiBanSettings
@@ -445,7 +452,7 @@ class AccountSender:
         mean_gap = (settings.randomDelayMin + settings.randomDelayMax) / 2000
         batches = (run.sent_in_batch + pending) // settings.batchSize - run.sent_in_batch // settings.batchSize
         seconds = pending * mean_gap + batches * (settings.batchDelayMs / 1000 - mean_gap)
-        return utcnow() + dt.timedelta(seconds=max(0.0, seconds + self.pacer.wait_before(settings)))
+        return start + dt.timedelta(seconds=max(0.0, seconds + self.pacer.wait_before(settings)))
 
     async def _finish(self, run: JobRun, status: str, detail: str | None = None, all_results: bool = False) -> None:
         run.state.status = status  # type: ignore[assignment]

@@ -488,7 +488,10 @@ class SimulatedClient:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m session_host.whatsapp.simulated DIR scan USER [PHONE]`` and friends, for demos."""
     args = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: simulated DIR (scan USER [PHONE] | unlink USER | delivered [USER] | number NUMBER JID|none)"
+    usage = (
+        "usage: simulated DIR (scan USER [PHONE] | unlink USER | delivered [USER] | number NUMBER JID|none"
+        " | message-ids on|off)"
+    )
     if len(args) < 2:
         print(usage, file=sys.stderr)
         return 2
@@ -502,6 +505,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(msgspec.json.encode(message).decode())
     elif verb == "number" and len(rest) == 2:
         world.set_numbers({rest[0]: None if rest[1] == "none" else rest[1]})
+    elif verb == "message-ids" and rest and rest[0] in ("on", "off"):
+        world.set_message_ids(rest[0] == "on")
+        print("hosts started from now on read this", file=sys.stderr)
     else:
         print(usage, file=sys.stderr)
         return 2

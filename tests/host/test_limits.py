@@ -58,6 +58,10 @@ def test_daily_cap_holds_across_jobs_and_lifts_with_new_settings(s3_store: S3Sto
             count = decode(s3_store.get(layout.daily_count("u1")).data, DailyCount)
             today = utcnow().astimezone(zoneinfo.ZoneInfo("America/Sao_Paulo")).date().isoformat()
             assert (count.day, count.sent) == (today, 3)
+            local_midnight = dt.datetime.combine(
+                dt.date.fromisoformat(today) + dt.timedelta(days=1), dt.time(), zoneinfo.ZoneInfo("America/Sao_Paulo")
+            )
+            assert state.estimatedEnd is not None and state.estimatedEnd >= local_midnight  # type: ignore[attr-defined]
             await asyncio.sleep(0.5)
             assert len(h.world.delivered("u1")) == 3
             set_limits(s3_store, "u1", AccountSettings(dailyCap=10))
