@@ -418,7 +418,13 @@ class AccountSender:
         webhook = run.state.webhook
         assert webhook is not None
         if not webhook.settled:
-            await webhooks.deliver(webhook.url, webhooks.event_for(run.state), self.webhook_secret, webhook)
+            await webhooks.deliver(
+                webhook.url,
+                webhooks.event_for(run.state),
+                self.webhook_secret,
+                webhook,
+                after_failure=lambda: self._checkpoint(run),
+            )
             await self._checkpoint(run)
             outcome = "delivered" if webhook.deliveredAt else f"given up: {webhook.lastError}"
             logger.info("user=%s job=%s webhook %s after %d attempts", self.user_id, run.id, outcome, webhook.attempts)

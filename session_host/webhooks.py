@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 import msgspec
@@ -69,11 +70,19 @@ def event_for(state: JobState) -> bytes:
 
 
 async def deliver(
-    url: str, body: bytes, secret: Secret | None, status: WebhookStatus, *, allow: Allowlist | None = None
+    url: str,
+    body: bytes,
+    secret: Secret | None,
+    status: WebhookStatus,
+    *,
+    allow: Allowlist | None = None,
+    after_failure: Callable[[], Awaitable[None]] | None = None,
 ) -> WebhookStatus:
     """Try to deliver ``body`` until it is accepted or the delays run out; return the outcome.
 
     ``allow``: the addresses allowed although private (``infra.fetch``); the process's by default.
+    ``after_failure``: awaited after each failed attempt that will be tried again, so that the job's
+    state shows the attempts so far (and a host that restarts goes on from there).
     """
     for delay in RETRY_DELAYS[status.attempts :]:
         await asyncio.sleep(delay)
@@ -99,6 +108,8 @@ async def deliver(
         except (httpx.HTTPError, TimeoutError) as exc:
             status.lastError = f"the webhook could not be reached: {type(exc).__name__}"
         logger.warning("webhook attempt %d failed: %s", status.attempts, status.lastError)
+        if after_failure is not None and status.attempts < len(RETRY_DELAYS):
+            await after_failure()
     status.gaveUp = True
     return status
 

@@ -17,7 +17,7 @@ import pytest
 from infra.documents import AntiBanSettings
 from infra.store.s3 import S3Store
 from session_host import webhooks
-from tests.host.harness import HostHarness
+from tests.host.harness import HostHarness, until
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
@@ -78,6 +78,8 @@ def test_a_webhook_that_never_answers_well_is_given_up_and_reported(
         async with HostHarness(s3_store, tmp_path) as h:
             await h.connect("u1", "5511977770001")
             job_id = await h.submit("u1", [("Ana", "5511900000001")], webhookUrl=receiver)
+            seen = await _until_attempts(h, job_id, 2)  # the attempts show while they go on
+            assert not seen.webhook.gaveUp and seen.webhook.lastError == "the webhook answered HTTP 500"
             state = await _until_settled(h, job_id)
             assert state.webhook.gaveUp and state.webhook.attempts == 4
             assert state.webhook.lastError == "the webhook answered HTTP 500"
@@ -135,10 +137,18 @@ def test_a_webhook_still_owed_when_the_host_stops_is_delivered_by_the_next_one(
     async def second_host(job_id: str) -> None:
         async with HostHarness(s3_store, tmp_path) as h:
             state = await _until_settled(h, job_id)
-            assert state.webhook.deliveredAt is not None
+            assert state.webhook.deliveredAt is not None and state.webhook.attempts == 2  # one before the stop
 
     job_id = asyncio.run(first_host())
     assert s3_store.exists(f"queue/u1/{job_id}")
-    monkeypatch.setattr(webhooks, "RETRY_DELAYS", (0.0,))
+    monkeypatch.setattr(webhooks, "RETRY_DELAYS", (0.0, 0.0))  # the schedule goes on from the second attempt
     asyncio.run(second_host(job_id))
     assert len(_Receiver.received) == 2 and not s3_store.exists(f"queue/u1/{job_id}")
+
+
+async def _until_attempts(h: HostHarness, job_id: str, attempts: int) -> Any:
+    async def reached() -> Any:
+        state = await h.job(job_id)
+        return state if state.webhook is not None and state.webhook.attempts >= attempts else None
+
+    return await until(reached, 10, f"{attempts} webhook attempts in the job's state")
