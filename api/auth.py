@@ -192,7 +192,9 @@ class LinkSigner:
         """The userId the token was made for and its issuer, or None if it is not one of ours or has
         expired."""
         parts = token.split(".")
-        if len(parts) != 4 or not parts[0].isdigit() or len(token) > 256 or not _ISSUER.match(parts[2]):
+        if not token.isascii() or len(parts) != 4 or not parts[0].isdigit() or len(token) > 256:
+            return None  # ascii first: compare_digest refuses other text, and int() reads other digits
+        if not _ISSUER.match(parts[2]):
             return None
         body = ".".join(parts[:3])
         if not hmac.compare_digest(parts[3], self._sign(purpose, body)) or int(parts[0]) < self._clock():

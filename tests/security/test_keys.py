@@ -178,6 +178,15 @@ def test_link_tokens_expire_and_are_bound_to_their_purpose() -> None:
     now[0] += 601
     assert signer.verify(token, "link") is None
     assert signer.verify("garbage", "link") is None and signer.verify("1.2.3.4", "link") is None
+    assert signer.verify(token[:-1] + "é", "link") is None  # not ascii: refused, never a TypeError
+    assert signer.verify("١٠٠٠٦٠٠" + token[token.index(".") :], "link") is None  # other scripts' digits
+
+
+def test_a_token_or_cookie_that_is_not_ascii_is_a_401_not_a_500(api: Keyed) -> None:
+    problem(api.client.get(f"/?userId={ALICE}&token=1.YQ.admin.%C3%A9"), 401)
+    api.client.cookies.clear()
+    answer = api.client.get(f"/sessions/{ALICE}", headers={"Cookie": f"{COOKIE}=1.YQ.admin.".encode() + b"\xe9"})
+    problem(answer, 401)
 
 
 def test_the_rate_limit_is_per_key_with_retry_after(s3_client: Any, bucket: str) -> None:

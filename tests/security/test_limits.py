@@ -104,6 +104,29 @@ def test_a_flood_of_tiny_contacts_is_refused_while_it_is_read_in_bounded_memory(
     assert peak < 3 * len(body)  # not two million dicts (145 MB for this 6 MB body)
 
 
+@pytest.mark.parametrize(
+    "contacts",
+    [
+        b'"contatos": [' + b",".join([b"{}"] * 500_000) + b'], "contatos": [{"numero": "5511900000001"}]',
+        b'"contatos": [{"numero": "5511900000001", "x": [' + b",".join([b"{}"] * 500_000) + b"]}]",
+    ],
+    ids=["a second contatos key", "objects inside a contact"],
+)
+def test_objects_hidden_from_the_contact_list_are_counted_too(contacts: bytes) -> None:
+    from api.errors import PayloadTooLarge
+    from api.requests import read_bulk_body
+
+    body = b'{"userId": "alice", "mensagemBase": "x", ' + contacts + b"}"
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadTooLarge):
+            read_bulk_body(body, 50)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * len(body)
+
+
 def test_a_contacts_number_has_the_same_length_limit_as_a_single_sends(api: Keyed) -> None:
     long = "+55 (11) 9" + "-" * 3000 + "0000-0001"
     body = {**BULK, "contatos": [CONTACT, {"numero": long, "nome": "Bia"}]}
