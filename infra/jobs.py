@@ -139,14 +139,17 @@ def render(job: Job, index: int) -> str:
 
 def _missing_reason(missing: templates.MissingField) -> str:
     return (
-        f"[{missing.field}] has no value for the contacts at positions {_positions(missing.positions)}; "
+        f"[{missing.field}] has no value for the contacts at positions {_positions(missing.positions, missing.count)}; "
         f"give every contact a {missing.field!r} or write [{missing.field}|fallback text]"
     )
 
 
-def _positions(positions: list[int]) -> str:
-    shown = ", ".join(str(position) for position in positions[:20])
-    return shown + (f" and {len(positions) - 20} more" if len(positions) > 20 else "")
+def _positions(positions: list[int], count: int | None = None) -> str:
+    """The first positions, and how many more there are of ``count`` (all of them when None)."""
+    count = len(positions) if count is None else count
+    shown = positions[: templates.SHOWN_POSITIONS]
+    more = count - len(shown)
+    return ", ".join(str(position) for position in shown) + (f" and {more} more" if more else "")
 
 
 # -- job state in the store: a summary and chunks of results -------------------------------------

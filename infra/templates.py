@@ -35,11 +35,17 @@ _OPEN_PLACEHOLDER = re.compile(r"\[[^\W\d][\w-]{0,63}[^\[\]]*(?=\[|$)")
 _OPEN_VARIATION = re.compile(r"\{[^{}]*\|[^{}]*$")
 
 
+MAX_TOKENS = 40  # placeholders and variations in one template: each costs work for every contact
+SHOWN_POSITIONS = 20  # contacts named in a refusal; the rest are counted
+
+
 class MissingField(msgspec.Struct, frozen=True):
-    """A placeholder without fallback that some recipients cannot fill (their positions, 0-based)."""
+    """A placeholder without fallback that ``count`` recipients cannot fill; the positions (0-based)
+    of the first ``SHOWN_POSITIONS`` of them."""
 
     field: str
     positions: list[int]
+    count: int
 
 
 def fields_of(template: str) -> set[str]:
@@ -50,9 +56,14 @@ def fields_of(template: str) -> set[str]:
 def missing_fields(template: str, recipients: Sequence[Mapping[str, str]]) -> list[MissingField]:
     missing = []
     for field in sorted(fields_of(template)):
-        positions = [index for index, values in enumerate(recipients) if not values.get(field)]
-        if positions:
-            missing.append(MissingField(field=field, positions=positions))
+        positions, count = [], 0
+        for index, values in enumerate(recipients):
+            if not values.get(field):
+                count += 1
+                if count <= SHOWN_POSITIONS:
+                    positions.append(index)
+        if count:
+            missing.append(MissingField(field=field, positions=positions, count=count))
     return missing
 
 
@@ -80,6 +91,8 @@ def render(template: str, values: Mapping[str, str], seed: str = "") -> str:
 
 def problems(template: str) -> list[str]:
     """What in ``template`` would reach people as typed instead of as meant."""
+    if (tokens := sum(1 for _ in _TOKENS.finditer(template))) > MAX_TOKENS:
+        return [f"it has {tokens} placeholders and variations; the limit is {MAX_TOKENS}"]
     found = []
     rest = _VARIATION.sub("", template)  # well-formed variations out: what is left is plain text
     if _VARIATION.search(rest):  # removing an inner one made its outer one whole

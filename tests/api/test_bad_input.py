@@ -38,7 +38,7 @@ CASES: list[tuple[str, str, Any, int, str, str]] = [
     (
         "POST",
         "/send-bulk",
-        {**GOOD_BULK, "mensagemBase": "[nome]" * 682, "contatos": [{"nome": "x" * 10_000, "numero": "5511900000001"}]},
+        {**GOOD_BULK, "mensagemBase": "[nome] " * 3, "contatos": [{"nome": "x" * 2_000, "numero": "5511900000001"}]},
         400,
         "mensagemBase",
         "the limit is 4096",

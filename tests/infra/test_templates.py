@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from infra import templates
-from infra.templates import fields_of, missing_fields, render
+from infra.templates import MAX_TOKENS, SHOWN_POSITIONS, MissingField, fields_of, missing_fields, problems, render
 
 
 def test_any_contact_field_fills_its_placeholder() -> None:
@@ -27,7 +27,19 @@ def test_fallback_stands_in_for_a_missing_or_empty_value() -> None:
 
 def test_missing_fields_name_every_contact_they_affect() -> None:
     missing = missing_fields("[nome] [cupom]", [{"nome": "a"}, {"cupom": "c", "nome": "b"}, {}])
-    assert [(m.field, m.positions) for m in missing] == [("cupom", [0, 2]), ("nome", [2])]
+    assert [(m.field, m.positions, m.count) for m in missing] == [("cupom", [0, 2], 2), ("nome", [2], 1)]
+
+
+def test_a_refusal_names_the_first_contacts_and_counts_the_rest() -> None:
+    missing = missing_fields("[cupom]", [{}] * 100_000)
+    assert missing == [MissingField(field="cupom", positions=list(range(SHOWN_POSITIONS)), count=100_000)]
+
+
+def test_a_template_with_more_placeholders_and_variations_than_the_limit_is_refused() -> None:
+    assert problems("[a]{b|c}" * (MAX_TOKENS // 2)) == []
+    assert problems("[a]{b|c}" * (MAX_TOKENS // 2) + "[d]") == [
+        f"it has {MAX_TOKENS + 1} placeholders and variations; the limit is {MAX_TOKENS}"
+    ]
 
 
 def test_variations_differ_across_recipients_but_not_across_retries() -> None:
