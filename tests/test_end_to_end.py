@@ -167,6 +167,9 @@ def test_a_job_dropped_straight_into_the_bucket_is_sent_and_a_bad_one_set_aside(
     system = system_factory()
     world = SimulatedWorld(system.simulator_dir)
     connect(system, world, "u1", "5511977770001")
+    # A name the store cannot use (a tab), sorted before the good drop and the commands: left alone.
+    bad_name = f"{system.store.prefix}inbox/0\tbad.json"
+    system.store.client.put_object(Bucket=system.store.bucket, Key=bad_name, Body=b"{}")
     system.store.put(
         "inbox/from-crm-42.json",
         json.dumps(
@@ -192,6 +195,8 @@ def test_a_job_dropped_straight_into_the_bucket_is_sent_and_a_bad_one_set_aside(
     assert system.store.get("rejected/broken.json").data == b'{"userId": "u1", "recipients": "nobody"}'
     assert not system.store.exists("inbox/broken.json")
     assert system.hosts[0].popen is not None and system.hosts[0].popen.poll() is None  # still running
+    assert system.http.post("/disconnect", json={"userId": "u1"}).status_code == 200  # commands still carried out
+    wait_for(lambda: system.http.get("/sessions/u1").json()["state"] == "disconnected", what="the disconnect")
 
 
 def test_sigterm_stops_the_host_cleanly_and_keeps_the_session_for_the_next_start(system_factory: Any) -> None:

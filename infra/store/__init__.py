@@ -15,12 +15,15 @@ Errors::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterable, Iterator
 from typing import Protocol, runtime_checkable
 
 import msgspec
 
 from infra.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 class StoreError(Exception):
@@ -75,6 +78,22 @@ def check_key(key: str) -> str:
     if any(part in (".", "..") for part in key.split("/")) or not key.isprintable():
         raise ValueError(f"bad store key {key!r}")
     return key
+
+
+_unusable_said: set[str] = set()
+
+
+def usable_keys(keys: Iterable[str]) -> Iterator[str]:
+    """The listed keys that ``check_key`` accepts. An object that another system dropped under a name
+    zapgate cannot use (a control character, a ``..`` segment) is left where it is and said once in
+    the log: listing it would make every reader of that folder fail on it."""
+    for key in keys:
+        try:
+            yield check_key(key)
+        except ValueError:
+            if key not in _unusable_said and len(_unusable_said) < 1000:
+                _unusable_said.add(key)
+                logger.warning("store: the object %r has a name zapgate cannot use; it is left as it is", key)
 
 
 def open_store(settings: Settings) -> ObjectStore:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from infra.store import NotFound, PreconditionFailed, StoredObject, StoreUnavailable, check_key
+from infra.store import NotFound, PreconditionFailed, StoredObject, StoreUnavailable, check_key, usable_keys
 
 _LOCK_SUFFIX = ".zg-lock"
 _TEMP_PREFIX = ".zg-tmp-"
@@ -81,7 +81,7 @@ class LocalStore:
                 key = name if base == "." else f"{base}/{name}"
                 if key.startswith(prefix):
                     keys.append(key)
-        yield from sorted(keys)
+        yield from usable_keys(sorted(keys))
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

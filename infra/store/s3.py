@@ -11,7 +11,7 @@ import botocore.config
 import botocore.exceptions
 
 from infra.settings import S3Settings
-from infra.store import NotFound, PreconditionFailed, StoredObject, StoreUnavailable, check_key
+from infra.store import NotFound, PreconditionFailed, StoredObject, StoreUnavailable, check_key, usable_keys
 
 # What S3 servers answer when a conditional write loses: 412 Precondition Failed, or 409
 # ConditionalRequestConflict when another conditional write to the key is in flight (AWS).
@@ -57,8 +57,7 @@ class S3Store:
         paginator = self.client.get_paginator("list_objects_v2")
         with _translated(prefix):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
-                for item in page.get("Contents", ()):
-                    yield item["Key"][len(self.prefix) :]
+                yield from usable_keys(item["Key"][len(self.prefix) :] for item in page.get("Contents", ()))
 
     def exists(self, key: str) -> bool:
         try:

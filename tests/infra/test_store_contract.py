@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from infra.store import NotFound, ObjectStore, PreconditionFailed
+from infra.store.local import LocalStore
+from infra.store.s3 import S3Store
 
 
 def test_put_get_round_trip(store: ObjectStore) -> None:
@@ -96,3 +99,27 @@ def test_large_object(store: ObjectStore) -> None:
 def test_bad_keys_are_refused(store: ObjectStore, key: str) -> None:
     with pytest.raises(ValueError):
         store.put(key, b"x")
+
+
+def drop_raw(store: ObjectStore, key: str, data: bytes) -> None:
+    """Write ``key`` as another system would, past ``check_key``."""
+    if isinstance(store, LocalStore):
+        path = store.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    else:
+        assert isinstance(store, S3Store)
+        store.client.put_object(Bucket=store.bucket, Key=store.prefix + key, Body=data)
+
+
+def test_an_object_under_a_name_zapgate_cannot_use_is_not_listed_and_said_once(
+    store: ObjectStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("infra.store._unusable_said", set())  # said once a process: this test's store is new
+    store.put("inbox/b.json", b"{}")
+    drop_raw(store, "inbox/a\tpoison.json", b"{}")
+    caplog.set_level(logging.WARNING, logger="infra.store")
+    assert list(store.list("inbox/")) == ["inbox/b.json"]
+    assert list(store.list("inbox/")) == ["inbox/b.json"]
+    said = [record.getMessage() for record in caplog.records if "cannot use" in record.getMessage()]
+    assert said == ["store: the object 'inbox/a\\tpoison.json' has a name zapgate cannot use; it is left as it is"]
