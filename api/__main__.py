@@ -20,9 +20,10 @@ def main() -> int:
     except SettingsError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 2
-    Server(
-        "api.app:create_app", address=settings.api.host, port=settings.api.port, interface=Interfaces.ASGI, factory=True
-    ).serve()
+    host = settings.api.host
+    address = "127.0.0.1" if host.strip().lower().rstrip(".") == "localhost" else host  # granian takes addresses
+    app = "api.app:create_app"
+    Server(app, address=address, port=settings.api.port, interface=Interfaces.ASGI, factory=True).serve()
     return 0
 
 

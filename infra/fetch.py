@@ -122,12 +122,8 @@ def current_allowlist() -> Allowlist:
 
 def blocked_reason(address: IPAddress) -> str | None:
     """Why ``address`` may not be fetched by default, or None if it is a public address."""
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour
-        if embedded is None and address in _NAT64:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is not None:
-            return blocked_reason(embedded)
+    if (embedded := _embedded_ipv4(address)) is not None:
+        return blocked_reason(embedded)
     if address in METADATA:
         return "a cloud metadata address"
     for attribute, words in (
@@ -149,7 +145,9 @@ def blocked_reason(address: IPAddress) -> str | None:
 
 def check_address(address: IPAddress, allow: Allowlist) -> None:
     if (reason := blocked_reason(address)) is not None and not allow.allows_address(address):
-        raise FetchRefused(f"it leads to {address}, {reason} ({ALLOW_VARIABLE} can allow it)")
+        # The address itself is not said: the reason reaches whoever submitted the job, who should
+        # not learn what internal names resolve to.
+        raise FetchRefused(f"it leads to {reason} ({ALLOW_VARIABLE} can allow it)")
 
 
 async def resolve(host: str, port: int, allow: Allowlist) -> list[IPAddress]:
@@ -160,8 +158,8 @@ async def resolve(host: str, port: int, allow: Allowlist) -> list[IPAddress]:
     else:
         try:
             found = await lookup(host, port)
-        except (OSError, UnicodeError) as exc:
-            raise httpx.ConnectError(f"the host name {host!r} cannot be resolved ({exc})") from None
+        except (OSError, UnicodeError):
+            raise httpx.ConnectError(f"the host name {host!r} cannot be resolved") from None
         addresses = list(dict.fromkeys(ipaddress.ip_address(text.split("%", 1)[0]) for text in found))
         if not addresses:
             raise httpx.ConnectError(f"the host name {host!r} has no address")
@@ -174,9 +172,18 @@ async def resolve(host: str, port: int, allow: Allowlist) -> list[IPAddress]:
 
 
 def _metadata(address: IPAddress) -> IPAddress | None:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    address = _embedded_ipv4(address) or address
     return address if address in METADATA else None
+
+
+def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (IPv4-mapped, 6to4 or NAT64), which is where it leads."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    embedded = address.ipv4_mapped or address.sixtofour
+    if embedded is None and address in _NAT64:
+        embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return embedded
 
 
 def _literal_address(host: str) -> IPAddress | None:

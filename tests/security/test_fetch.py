@@ -112,7 +112,7 @@ async def get(url: str, allow: fetch.Allowlist) -> tuple[int, bytes]:
 
 def test_loopback_is_refused_by_default_and_allowed_by_the_allowlist(server: int) -> None:
     url = f"http://127.0.0.1:{server}/ok.png"
-    with pytest.raises(FetchRefused, match=re.escape("127.0.0.1, a loopback address")):
+    with pytest.raises(FetchRefused, match=re.escape("it leads to a loopback address")):
         asyncio.run(get(url, NOTHING))
     assert _Server.requests == []  # refused before any connection
     assert asyncio.run(get(url, LOOPBACK)) == (200, PNG)
@@ -132,19 +132,19 @@ def test_a_host_name_on_the_allowlist_is_fetched_at_the_address_that_was_checked
 def test_a_name_that_resolves_to_a_refused_address_is_refused(server: int) -> None:
     with pytest.raises(FetchRefused, match="loopback"):
         asyncio.run(get(f"http://images.example:{server}/ok.png", NOTHING))
-    with pytest.raises(FetchRefused, match=re.escape("10.1.2.3, a private address")):  # every address must pass
+    with pytest.raises(FetchRefused, match=re.escape("it leads to a private address")):  # every address must pass
         asyncio.run(get(f"http://mixed.example:{server}/ok.png", LOOPBACK))
     assert _Server.requests == []
 
 
 def test_a_redirect_from_an_allowed_host_to_loopback_is_refused(server: int) -> None:
-    with pytest.raises(FetchRefused, match=re.escape("127.0.0.1, a loopback address")):
+    with pytest.raises(FetchRefused, match=re.escape("it leads to a loopback address")):
         asyncio.run(get(f"http://images.example:{server}/to-loopback", parse_allowlist("images.example")))
     assert [path for _, path, _ in _Server.requests] == ["/to-loopback"]  # the second hop never left
 
 
 def test_a_redirect_to_a_metadata_address_is_refused(server: int) -> None:
-    with pytest.raises(FetchRefused, match=re.escape("169.254.169.254, a cloud metadata address")):
+    with pytest.raises(FetchRefused, match=re.escape("it leads to a cloud metadata address")):
         asyncio.run(get(f"http://127.0.0.1:{server}/to-metadata", LOOPBACK))
 
 
@@ -227,9 +227,7 @@ def test_the_process_allowlist_comes_from_the_environment(monkeypatch: pytest.Mo
 
 
 def test_an_image_on_loopback_fails_with_a_clear_reason(server: int) -> None:
-    with pytest.raises(
-        MediaError, match=re.escape("the image URL is refused: it leads to 127.0.0.1, a loopback address")
-    ):
+    with pytest.raises(MediaError, match=re.escape("the image URL is refused: it leads to a loopback address")):
         asyncio.run(fetch_image(f"http://127.0.0.1:{server}/ok.png", max_bytes=1024, timeout=5, allow=NOTHING))
 
 
@@ -258,7 +256,11 @@ def test_a_job_whose_image_is_on_loopback_fails_in_the_host(s3_store: S3Store, t
     assert _Server.requests == []
 
 
-def test_a_name_on_the_allowlist_still_cannot_lead_to_a_metadata_address() -> None:
+@pytest.mark.parametrize("answer", ["169.254.169.254", "::ffff:a9fe:a9fe", "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1"])
+def test_a_name_on_the_allowlist_still_cannot_lead_to_a_metadata_address(
+    fake_dns: dict[str, list[list[str]]], answer: str
+) -> None:
+    fake_dns["metadata.example"] = [[answer]]  # also written as IPv4-mapped, NAT64 or 6to4
     with pytest.raises(FetchRefused, match="metadata address"):
         asyncio.run(get("http://metadata.example/", parse_allowlist("metadata.example")))
     allowed = parse_allowlist("169.254.169.254/32")  # only a CIDR that names it allows it

@@ -9,8 +9,10 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from api.auth import COOKIE, LinkSigner, RateLimiter, check_startup
@@ -18,7 +20,7 @@ from api.service import read_status
 from infra import layout
 from infra.settings import ApiSettings, Secret, SettingsError
 from infra.store.s3 import S3Store
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port, wait_for
 from tests.security.keyed import ADMIN_KEY, ALICE, BRUNO, QR, Keyed, app_routes, keyed_api
 from tests.security.test_isolation import ROUTES, call
 
@@ -237,6 +239,26 @@ def test_the_api_process_refuses_to_start_open_on_all_addresses() -> None:
     )
     assert done.returncode == 2
     assert "cannot start: ZAPGATE_API_ADMIN_KEY: required" in done.stderr and "'0.0.0.0'" in done.stderr
+
+
+def test_the_api_process_listens_on_localhost_when_told_so(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "ZAPGATE_API_HOST": "localhost", "ZAPGATE_API_PORT": str(port), "ZAPGATE_STORE": str(tmp_path)}
+    env.pop("ZAPGATE_API_ADMIN_KEY", None)
+    api = subprocess.Popen([sys.executable, "-m", "api"], env=env, cwd=ROOT, stderr=subprocess.PIPE)
+    try:
+        answer = wait_for(lambda: _healthz(port), what="the API on localhost to answer")
+        assert answer.status_code == 200
+    finally:
+        api.terminate()
+        api.wait(timeout=30)
+
+
+def _healthz(port: int) -> httpx.Response | None:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    except httpx.TransportError:
+        return None
 
 
 def test_the_open_api_says_so_in_its_log(s3_store: S3Store, caplog: pytest.LogCaptureFixture) -> None:
