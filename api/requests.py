@@ -19,6 +19,7 @@ import msgspec
 from api.auth import Principal
 from api.errors import FieldError, InvalidField, PayloadTooLarge, from_msgspec
 from infra.documents import MAX_MESSAGE_CHARS, USER_ID_PATTERN, AntiBanSettings, Input, UserId
+from infra.templates import MAX_TOKENS
 
 T = TypeVar("T")
 _USER_ID = re.compile(USER_ID_PATTERN)
@@ -33,6 +34,7 @@ MAX_LABEL_CHARS = 100
 LIMITS = {
     "userId": "1-64 characters",
     "message, mensagemBase": f"{MAX_MESSAGE_CHARS} characters, also as filled in for each contact",
+    "placeholders and variations in mensagemBase": f"{MAX_TOKENS}",
     "number, numero, phone": f"{MAX_NUMBER_CHARS} characters",
     "imagemUrl, webhookUrl": f"{MAX_URL_CHARS} characters",
     "a contact": f"{MAX_CONTACT_FIELDS} fields, names of {MAX_FIELD_NAME_CHARS} and values of {MAX_FIELD_CHARS} chars",
