@@ -1,11 +1,15 @@
 """Phone numbers as WhatsApp wants them: the international digits, no ``+``, no punctuation.
 
-Parsing and validity come from ``phonenumbers``. What is ours is the order of the attempts,
-chosen so that the original contract's input (international digits without ``+``) keeps working:
+Parsing and validity come from ``phonenumbers``. What is ours is how a number is read, chosen so
+that the original contract's input (international digits without ``+``) keeps working and that no
+number is sent abroad by a guess:
 
-1. the number read as international (a ``+`` in front, or digits that start with a country code);
-2. if that is not a valid number, the number read as national in the default country;
-3. if neither is valid but the international reading has a possible length, that reading.
+1. With ``+`` or ``00`` in front, the number is international.
+2. With ``(`` in front (``(81) 98765-4321``), it is national in the default country, when valid there.
+3. Bare digits are read both ways. When only one reading is a valid number, that one; when both are
+   and they differ (``81987654321``: Japan, or Recife in Brazil), the number is refused as
+   ambiguous, naming both readings.
+4. If no reading is valid but the international one has a possible length, that reading.
    Numbering plans lag behind reality (and test numbers are fake); WhatsApp's own lookup decides
    later whether the account exists.
 
@@ -44,17 +48,31 @@ def normalize_number(raw: str | int, default_region: str | None = None) -> str:
         wrong = next(ch for ch in digits if not (ch.isascii() and ch.isdigit()))
         raise InvalidNumber(f"may only hold digits, spaces and + ( ) - . / but has {wrong!r}")
     if digits.startswith("00") and not plus:
-        digits = digits[2:]
+        digits, plus = digits[2:], True  # the international call prefix: as good as a +
     international = _parse("+" + digits, None)
-    if international is not None and phonenumbers.is_valid_number(international):
-        return _digits(international)
-    if not plus and default_region:
-        national = _parse(digits, default_region)
-        if national is not None and phonenumbers.is_valid_number(national):
-            return _digits(national)
-    if international is not None and phonenumbers.is_possible_number(international):
+    national = _parse(digits, default_region) if default_region and not plus else None
+    valid_international = international is not None and phonenumbers.is_valid_number(international)
+    valid_national = national is not None and phonenumbers.is_valid_number(national)
+    if valid_national and (body.startswith("(") or not valid_international):
+        assert national is not None
+        return _digits(national)
+    if valid_international and valid_national and _digits(international) != _digits(national):
+        raise InvalidNumber(_ambiguous(international, national))
+    if valid_international or (international is not None and phonenumbers.is_possible_number(international)):
+        assert international is not None
         return _digits(international)
     raise InvalidNumber("is not a possible phone number (give the country code, as in 5511999999999)")
+
+
+def _ambiguous(international: phonenumbers.PhoneNumber, national: phonenumbers.PhoneNumber) -> str:
+    def shown(number: phonenumbers.PhoneNumber) -> str:
+        written = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+        return f"{written} ({phonenumbers.region_code_for_number(number)})"
+
+    return (
+        f"is ambiguous: it reads as {shown(international)} or, as a national number, {shown(national)}; "
+        f"write it with its country code, as in {_digits(national)} or +{_digits(international)}"
+    )
 
 
 def _parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:

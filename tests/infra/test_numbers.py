@@ -20,6 +20,12 @@ from infra.numbers import InvalidNumber, normalize_number
         ("+1 (415) 555-2671", "14155552671"),
         ("5511999999999@s.whatsapp.net", "5511999999999"),
         ("5511999999999@c.us", "5511999999999"),
+        ("(81) 98765-4321", "5581987654321"),  # an area code in brackets: national, not Japan's +81
+        ("(51) 99123-4567", "5551991234567"),  # ... not Peru's +51
+        ("+51 991 234 567", "51991234567"),  # with +, international
+        ("0081 98765 4321", "81987654321"),  # with 00, international
+        ("11987654321", "5511987654321"),  # national only: +1 198… is no number
+        ("14155552671", "14155552671"),  # international only: no Brazilian area code 14 mobile starts with 1
     ],
 )
 def test_numbers_are_normalised_to_international_digits(given: str | int, expected: str) -> None:
@@ -45,3 +51,17 @@ def test_numbers_are_normalised_to_international_digits(given: str | int, expect
 def test_invalid_numbers_say_why(given: str | int, reason: str) -> None:
     with pytest.raises(InvalidNumber, match=reason):
         normalize_number(given, "BR")
+
+
+@pytest.mark.parametrize(
+    ("given", "readings"),
+    [
+        ("81987654321", ["+81 987-65-4321 (JP)", "+55 81 98765-4321 (BR)", "5581987654321"]),
+        ("51991234567", ["+51 991 234 567 (PE)", "+55 51 99123-4567 (BR)", "5551991234567"]),
+        ("4532345678", ["+45 32 34 56 78 (DK)", "+55 45 3234-5678 (BR)", "554532345678"]),
+    ],
+)
+def test_bare_digits_that_read_as_two_countries_are_refused_naming_both(given: str, readings: list[str]) -> None:
+    with pytest.raises(InvalidNumber, match="is ambiguous") as refused:
+        normalize_number(given, "BR")
+    assert all(reading in str(refused.value) for reading in readings)
