@@ -211,10 +211,18 @@ def _require_connected(store: ObjectStore, user_id: str) -> None:
 
 
 def _require_known(store: ObjectStore, user_id: str) -> None:
-    """A campaign may wait for a paired account to reconnect, but not for one that was never paired."""
+    """A campaign may wait for a paired account to reconnect, but not for one without a pairing: never
+    paired, or logged out (its credentials are gone; only a new QR code brings it back)."""
     status = read_status(store, user_id)
     if status is None or not status.paired:
-        raise NotConnectedError(f"{user_id} was never paired ({_why(status)}); open /connect?userId={user_id} first")
+        what = (
+            "was never paired"
+            if status is None
+            else "is logged out"
+            if status.state == "logged_out"
+            else "is not paired"
+        )
+        raise NotConnectedError(f"{user_id} {what} ({_why(status)}); pair it at /connect?userId={user_id} first")
 
 
 def _why(status: SessionStatus | None) -> str:

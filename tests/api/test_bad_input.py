@@ -8,6 +8,8 @@ import pytest
 from litestar.testing import TestClient
 
 from api.app import create_app
+from infra import layout
+from infra.documents import SessionStatus, encode
 from infra.settings import S3Settings, Secret, Settings
 from infra.store.s3 import S3Store, make_client
 from tests.conftest import System, free_port
@@ -111,7 +113,7 @@ CASES: list[tuple[str, str, Any, int, str, str]] = [
         ">= 0",
     ),
     ("POST", "/send-bulk", {**GOOD_BULK, "imagemUrl": "file:///etc/passwd"}, 400, "imagemUrl", "http"),
-    ("POST", "/send-bulk", GOOD_BULK, 409, "", "never paired"),
+    ("POST", "/send-bulk", GOOD_BULK, 409, "", "user1 was never paired"),
     ("POST", "/send", {"userId": "user1", "number": "5511900000001", "message": "oi"}, 409, "", "not connected"),
     ("POST", "/disconnect", {}, 400, "userId", "required"),
     ("GET", "/?userId=a%2Fb", None, 400, "userId", "letters"),
@@ -154,6 +156,16 @@ def test_bad_input_is_a_clear_4xx_and_writes_nothing(
     else:
         assert words in problem["detail"], problem
     assert "Traceback" not in answer.text and "/work/" not in answer.text
+    assert list(running.store.list("")) == before
+
+
+def test_a_campaign_for_a_logged_out_account_is_refused_saying_so(running: System) -> None:
+    status = SessionStatus(userId="gone", state="logged_out", detail="logged out from the phone", paired=False)
+    running.store.put(layout.session_status("gone"), encode(status))
+    before = list(running.store.list(""))
+    answer = running.http.post("/send-bulk", json={**GOOD_BULK, "userId": "gone"})
+    assert answer.status_code == 409
+    assert answer.json()["detail"].startswith("gone is logged out (state: logged_out; logged out from the phone)")
     assert list(running.store.list("")) == before
 
 
