@@ -20,11 +20,11 @@ demo:
 
 # Talk to a running zapgate: `just zg sessions`, `just zg send user1 5511999999999 "Olá"`, `just zg job ID`.
 zg *args:
-    {{python}} -m infra.cli "$@"
+    @{{python}} -m infra.cli "$@"
 
 # Drive the demo's simulated WhatsApp: `just sim scan user1`, `just sim delivered`.
 sim *args:
-    {{python}} -m session_host.whatsapp.simulated ./demo/whatsapp "$@"
+    @{{python}} -m session_host.whatsapp.simulated ./demo/whatsapp "$@"
 
 # The tests, against a real S3 server: Ceph RGW started here, unless ZAPGATE_S3_ENDPOINT names one.
 test *args:

@@ -117,7 +117,9 @@ def _checked(job_id: str) -> str:
 
 def _cell(text: str | None) -> str:
     """Text from the contact list as a spreadsheet cell that is never taken for a formula: one that
-    starts with = + - @ (or a tab or carriage return) gets a leading apostrophe, as OWASP advises."""
+    starts with = + - @ (or a tab or carriage return), also after spaces, which spreadsheets skip,
+    gets a leading apostrophe, as OWASP advises."""
     if not text:
         return ""
-    return f"'{text}" if text[0] in "=+-@\t\r" else text
+    first = text.lstrip(" ")[:1]
+    return f"'{text}" if first and first in "=+-@\t\r" else text

@@ -4,8 +4,9 @@
     python -m infra.cli send user1 5511999999999 "Olá, tudo bem?"     # sends and follows the job
     python -m infra.cli job 20261203T120000000000-ab12cd34
 
-``--url`` (or ZAPGATE_URL) names the API; http://127.0.0.1:8000 by default. Against an API with keys,
-``--key`` (or ZAPGATE_API_KEY) is sent as ``X-Api-Key``: the admin key, or the account's own key.
+``--url`` (or ZAPGATE_URL) names the API; by default http://127.0.0.1 on ZAPGATE_API_PORT (8000).
+Against an API with keys, ``--key`` (or ZAPGATE_API_KEY) is sent as ``X-Api-Key``: the admin key,
+or the account's own key.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ FINAL = {"done", "failed", "cancelled", "rejected"}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zapgate", description=__doc__.split("\n")[0])
-    parser.add_argument("--url", default=os.environ.get("ZAPGATE_URL", "http://127.0.0.1:8000"))
+    local = f"http://127.0.0.1:{os.environ.get('ZAPGATE_API_PORT', '8000')}"  # as `just run` serves it
+    parser.add_argument("--url", default=os.environ.get("ZAPGATE_URL", local))
     parser.add_argument("--key", default=os.environ.get("ZAPGATE_API_KEY"), help="sent as X-Api-Key")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("sessions", help="list the accounts and their state")
