@@ -58,7 +58,7 @@ class MessageController(Controller):
                 kind="single",
                 recipients=[Recipient(number=str(request.number))],
                 message=request.message,
-                webhookUrl=request.webhookUrl,
+                webhookUrl=request.webhookUrl or None,  # "" as older clients send it: none
                 antiBanSettings=request.antiBanSettings or AntiBanSettings(),
             ),
             settings,
@@ -144,8 +144,8 @@ def _bulk_job(request: SendBulkRequest, settings: Settings) -> Job:
             kind="bulk",
             recipients=[_recipient(index, contact) for index, contact in enumerate(request.contatos)],
             message=request.mensagemBase,
-            imageUrl=request.imagemUrl,
-            webhookUrl=request.webhookUrl,
+            imageUrl=request.imagemUrl or None,  # "" as older clients send it: no image
+            webhookUrl=request.webhookUrl or None,
             antiBanSettings=request.antiBanSettings or AntiBanSettings(),
         ),
         settings,

@@ -120,3 +120,13 @@ def test_templates_that_would_reach_people_as_typed_or_blank_are_refused(
         problem = answer.json()
         assert problem["errors"][0]["field"] == "mensagemBase" and words in problem["detail"]
     assert set(running.store.list("inbox/")) <= before  # no job was written
+
+
+def test_an_empty_image_or_webhook_url_as_older_clients_send_it_means_none(running: System) -> None:
+    body = {**bulk([{"nome": "Ana", "numero": "5511900000001"}]), "imagemUrl": "", "webhookUrl": ""}
+    answer = running.http.post("/send-bulk", json=body)
+    assert answer.status_code == 202, answer.text
+    job = running.http.get(answer.json()["statusUrl"]).json()
+    assert job["jobId"] == answer.json()["jobId"] and job.get("webhook") is None
+    stored = running.store.get(f"inbox/{answer.json()['jobId']}.json").data
+    assert b'"imageUrl":null' in stored and b'"webhookUrl":null' in stored
