@@ -200,7 +200,8 @@ def _number_text(value: int | float) -> str:
 def _bulk_field(field: str) -> str:
     """``recipients[3].number`` of the Job is ``contatos[3].numero`` of the request."""
     if field.startswith("recipients["):
-        return field.replace("recipients[", "contatos[").replace("].number", "].numero")
+        field = field.replace("recipients[", "contatos[", 1)
+        return field.replace("].number", "].numero").replace("].name", "].nome").replace("].fields.", "].")
     return _BULK_FIELDS.get(field, field)
 
 

@@ -31,6 +31,8 @@ from infra.numbers import InvalidNumber, normalize_number
 from infra.store import ObjectStore
 
 JOB_ID = re.compile(JOB_ID_PATTERN)
+# Control characters other than tab and line breaks: invisible in WhatsApp, and a NUL cuts text short.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class InvalidJob(ValueError):
@@ -52,12 +54,16 @@ def prepare_job(job: Job, *, job_id: str, default_region: str | None, now: dt.da
     for field in ("imageUrl", "webhookUrl"):
         if (url := getattr(job, field)) is not None and (reason := _url_problem(url)):
             raise InvalidJob(field, reason)
+    _refuse_control("message", job.message)
     recipients = []
     for index, recipient in enumerate(job.recipients):
         try:
             number = normalize_number(recipient.number, default_region)
         except InvalidNumber as exc:
             raise InvalidJob(f"recipients[{index}].number", f"{recipient.number!r} {exc}") from None
+        _refuse_control(f"recipients[{index}].name", recipient.name)
+        for name, value in recipient.fields.items():
+            _refuse_control(f"recipients[{index}].fields.{name}", value)
         recipients.append(msgspec.structs.replace(recipient, number=number))
     prepared = msgspec.structs.replace(
         job, jobId=job_id, recipients=recipients, submittedAt=job.submittedAt or now or utcnow()
@@ -67,10 +73,20 @@ def prepare_job(job: Job, *, job_id: str, default_region: str | None, now: dt.da
     return prepared
 
 
+def _refuse_control(field: str, text: str) -> None:
+    if found := _CONTROL.search(text):
+        raise InvalidJob(field, f"holds the control character {found[0]!r} at position {found.start()}")
+
+
 def _check_template(job: Job) -> None:
     """Every placeholder can be filled, and no filled message is longer than WhatsApp allows here."""
     for problem in templates.problems(job.message):
         raise InvalidJob("message", problem)
+    if spaced := templates.spaced_placeholders(job.message):
+        names = {"nome"}.union(*(recipient.fields for recipient in job.recipients))
+        for written, name in spaced.items():
+            if name in names:
+                raise InvalidJob("message", f"{written[:40]!r} has spaces inside its brackets; write [{name}]")
     for missing in templates.missing_fields(job.message, [recipient.values() for recipient in job.recipients]):
         raise InvalidJob("message", _missing_reason(missing))
     blank = []

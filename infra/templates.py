@@ -33,6 +33,8 @@ _CHOICE_BAR = re.compile(r"\|(?![^\[]*\])")  # a bar between choices, not a plac
 # "[nome" with no "]" before the next "[" or the end: a placeholder never closed.
 _OPEN_PLACEHOLDER = re.compile(r"\[[^\W\d][\w-]{0,63}[^\[\]]*(?=\[|$)")
 _OPEN_VARIATION = re.compile(r"\{[^{}]*\|[^{}]*$")
+# "[ nome ]": a placeholder written with spaces inside its brackets, which would arrive as typed.
+_SPACED_PLACEHOLDER = re.compile(r"\[\s*[^\W\d][\w-]{0,63}\s*(?:\|[^\[\]]*)?\]")
 
 
 MAX_TOKENS = 40  # placeholders and variations in one template: each costs work for every contact
@@ -102,6 +104,13 @@ def problems(template: str) -> list[str]:
     if opened := _OPEN_VARIATION.search(rest):
         found.append(f"the variation {opened[0][:40]!r} is not closed with }}")
     return found
+
+
+def spaced_placeholders(template: str) -> dict[str, str]:
+    """``[ nome ]`` and the like, as written, by the field they name: placeholders with spaces inside
+    their brackets, which are copied as typed. Whether one was meant depends on the contacts' fields."""
+    rest = _PLACEHOLDER.sub("", template)
+    return {match[0]: match[0][1:-1].split("|")[0].strip() for match in _SPACED_PLACEHOLDER.finditer(rest)}
 
 
 def _choices(body: str) -> list[str]:

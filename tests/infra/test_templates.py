@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
@@ -77,3 +78,17 @@ def test_templates_that_would_arrive_as_typed_are_problems(template: str, words:
 )
 def test_well_formed_templates_have_no_problems(template: str) -> None:
     assert templates.problems(template) == []
+
+
+def test_a_spaced_placeholder_is_refused_only_when_it_names_a_contact_field() -> None:
+    from infra.documents import Job, Recipient
+    from infra.jobs import InvalidJob, prepare_job
+
+    def job(message: str) -> Job:
+        recipient = Recipient(number="5511900000001", name="Ana", fields={"cupom": "X1"})
+        return Job(userId="u1", recipients=[recipient], message=message)
+
+    for message, name in [("Oi [ nome ]", "nome"), ("Seu cupom: [cupom ]", "cupom"), ("[ nome|amigo ]", "nome")]:
+        with pytest.raises(InvalidJob, match=re.escape(f"has spaces inside its brackets; write [{name}]")):
+            prepare_job(job(message), job_id="j1", default_region="BR")
+    assert prepare_job(job("Responda [ SIM ] ou [ NÃO ], [nome]"), job_id="j1", default_region="BR").message
