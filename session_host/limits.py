@@ -2,6 +2,7 @@
 
 Days and hours are the account's own (its ``timezone``); the count of the day is kept in the
 store (``sessions/<userId>/count.json``) so a restarted host does not start the day again at zero.
+The account's pace between messages is kept there too (``AccountCount``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,14 @@ import datetime as dt
 import zoneinfo
 
 from infra.documents import WARMUP_CAPS, AccountSettings, DailyCount
+
+
+class AccountCount(DailyCount):
+    """The day's count, with the account's pace: when its last message left and when its next may (UTC),
+    so that a restarted host, or the one that takes the account over, keeps the gap."""
+
+    lastSentAt: dt.datetime | None = None
+    nextAt: dt.datetime | None = None
 
 
 class Block(tuple[str, dt.datetime]):
@@ -25,10 +34,10 @@ class Block(tuple[str, dt.datetime]):
 
 
 class AccountLimits:
-    def __init__(self, settings: AccountSettings, count: DailyCount | None = None) -> None:
+    def __init__(self, settings: AccountSettings, count: AccountCount | None = None) -> None:
         self.settings = settings
         self.zone = zoneinfo.ZoneInfo(settings.timezone)
-        self.count = count or DailyCount(day="")
+        self.count = count or AccountCount(day="")
 
     def blocked(self, now: dt.datetime, paired_at: dt.datetime | None) -> Block | None:
         """Why the account may not send at ``now``, or None when it may."""
@@ -58,9 +67,12 @@ class AccountLimits:
     def sent_on(self, day: dt.date) -> int:
         return self.count.sent if self.count.day == day.isoformat() else 0
 
-    def record_sent(self, now: dt.datetime) -> DailyCount:
+    def record_sent(self, now: dt.datetime, next_at: dt.datetime | None = None, counted: bool = True) -> AccountCount:
+        """A message left at ``now``; the next may leave at ``next_at``. ``counted``: it counts towards
+        the day's cap (one WhatsApp refused does not)."""
         day = now.astimezone(self.zone).date()
-        self.count = DailyCount(day=day.isoformat(), sent=self.sent_on(day) + 1)
+        sent = self.sent_on(day) + (1 if counted else 0)
+        self.count = AccountCount(day=day.isoformat(), sent=sent, lastSentAt=now, nextAt=next_at)
         return self.count
 
     def _quiet_until(self, local: dt.datetime) -> dt.datetime | None:

@@ -7,7 +7,15 @@ Pace (the original's antiBanSettings, in ms): after a message, a random pause in
 [randomDelayMin, randomDelayMax]; after every batchSize messages of a job, batchDelayMs instead.
 The pause is kept per *account*: a second campaign of the same account waits as long as the first
 would, and the next message never follows the previous one sooner than its job's randomDelayMin.
-A recipient who is not on WhatsApp gets nothing and costs no pause.
+A recipient who is not on WhatsApp gets nothing and costs no pause. The pace is kept across a
+restart or a takeover too: when the account's last message left and when its next may are written
+with its daily count (``session_host.limits.AccountCount``), and a job's place in its batch is worked
+out from the messages it has sent.
+
+A pause or a cancel wakes the sender from its pause between messages. Both are written to the job's
+state at once: a cancel marks everyone not already on their way ``skipped``, so that a host stopped
+before the job's end finishes it cancelled (as it finishes a failed job whose summary it did not
+write: the results are written before the summary).
 
 Delivery integrity: each recipient's message id is fixed when the job is accepted. After every
 outcome the job's state is written to the store before the next message leaves. When the link
@@ -26,7 +34,9 @@ job of the account; a job waits, with the reason in its state, while one of them
 
 A failure the backend reports without a kind of its own (a timeout, a server error) is taken as
 passing: the recipient is tried again after RETRY_BASE seconds, doubling each time, at most
-MAX_ATTEMPTS times in all; then it is ``failed`` with the last reason.
+MAX_ATTEMPTS times in all; then it is ``failed`` with the last reason (``unknown`` when one of the
+attempts may have arrived). An unexpected error (a fault in our code or the backend's library) is
+taken the same way before the message leaves, and as OutcomeUnknown once it may have left.
 """
 
 from __future__ import annotations
@@ -44,7 +54,6 @@ from infra.documents import (
     FINAL_JOB_STATUSES,
     AccountSettings,
     AntiBanSettings,
-    DailyCount,
     Job,
     JobState,
     RecipientResult,
@@ -53,7 +62,7 @@ from infra.documents import (
 from infra.jobs import chunk_of, encode_state, render, write_objects
 from infra.settings import HostSettings, Secret
 from session_host import webhooks
-from session_host.limits import AccountLimits, Block
+from session_host.limits import AccountCount, AccountLimits, Block
 from session_host.media import MediaError, fetch_image
 from session_host.sessions import Session
 from session_host.storage import Storage
@@ -72,6 +81,8 @@ MAX_ATTEMPTS = 5
 RETRY_BASE = 2.0  # seconds before the second attempt after a passing failure, doubling after each
 RETRY_MAX = 120.0
 _WAIT_TICK = 0.5
+CANCELLED = "the job was cancelled"  # the reason of a recipient skipped by a cancel
+_JOB_FAILED = "not sent: the job failed"  # ... of one skipped because the job failed, then the reason
 
 
 class JobRun:
@@ -82,11 +93,15 @@ class JobRun:
         self.state = state
         self.image: tuple[bytes, str] | None = None
         self.prepared = False
-        self.sent_in_batch = 0
+        # Messages the job has sent, for its place in the batch; from the results after a restart.
+        self.sent_in_batch = sum(result.status in ("sent", "unknown") for result in state.results)
         self.started = time.monotonic()
         self.writing = asyncio.Lock()
-        self.cancelling = False
+        # A cancel written to the store (control) before a restart is carried out after it.
+        self.cancelling = any(result.error == CANCELLED for result in state.results if result.status == "skipped")
         self.retry_at = 0.0  # after a passing failure, no attempt before this (monotonic clock)
+        self.sending: RecipientResult | None = None  # the recipient whose message is on its way
+        self.uncertain: set[int] = set()  # recipients an attempt may have reached (OutcomeUnknown)
         # WhatsApp accounts already sent to, and at which position: two spellings of one number that
         # the lookup resolves to the same JID get one message.
         self.reached = {r.jid: r.index for r in state.results if r.jid and r.status in ("sent", "unknown")}
@@ -99,8 +114,30 @@ class JobRun:
     def finished(self) -> bool:
         return self.state.status in FINAL_JOB_STATUSES
 
+    @property
+    def held(self) -> bool:
+        """Paused or cancelled: no new message may leave."""
+        return self.cancelling or self.state.status == "paused"
+
     def next_pending(self) -> RecipientResult | None:
         return next((result for result in self.state.results if result.status == "pending"), None)
+
+    def skip_pending(self, keep: RecipientResult | None = None) -> None:
+        """The job was cancelled: no one still pending (but ``keep``) gets a message. One whose message
+        may have left (a host died while sending it, or its link broke after it left) is ``unknown``."""
+        for result in self.state.results:
+            if result.status != "pending" or result is keep:
+                continue
+            if result.sendingSince is not None or result.index in self.uncertain:
+                self.mark_unknown(result, "the job was cancelled after this message may have left; it is not resent")
+            else:
+                result.status, result.error = "skipped", CANCELLED
+
+    def mark_unknown(self, result: RecipientResult, reason: str) -> None:
+        """``result``'s message may have arrived, and is not sent again."""
+        result.status, result.error, result.sendingSince = "unknown", reason, None
+        if result.jid:
+            self.reached.setdefault(result.jid, result.index)
 
 
 class Pacer:
@@ -118,7 +155,8 @@ class Pacer:
         earliest = max(self.next_at, self.last_sent + settings.randomDelayMin / 1000)
         return max(0.0, earliest - self.clock())
 
-    def record_sent(self, run: JobRun) -> None:
+    def record_sent(self, run: JobRun) -> float:
+        """A message of ``run`` left now; the gap, in seconds, before the account's next."""
         settings = run.job.antiBanSettings
         run.sent_in_batch += 1
         if run.sent_in_batch % settings.batchSize == 0:
@@ -127,6 +165,14 @@ class Pacer:
             gap_ms = random.uniform(settings.randomDelayMin, settings.randomDelayMax)
         self.last_sent = self.clock()
         self.next_at = self.last_sent + gap_ms / 1000
+        return gap_ms / 1000
+
+    def restore(self, count: AccountCount, now: dt.datetime) -> None:
+        """Go on from the pace kept in the store by an earlier host, unless this one has sent since."""
+        if self.last_sent is not None or count.lastSentAt is None:
+            return
+        self.last_sent = self.clock() - (now - count.lastSentAt).total_seconds()
+        self.next_at = self.clock() + ((count.nextAt or count.lastSentAt) - now).total_seconds()
 
 
 def typing_seconds(settings: AntiBanSettings, text: str) -> float:
@@ -170,9 +216,14 @@ class AccountSender:
         )
 
     async def reload(self) -> None:
-        """Read the account's settings and today's count from the store."""
+        """Read the account's settings from the store; the first time, today's count and the pace too.
+        Later the count in memory is the newer one: this host alone writes it while it serves the account."""
         settings = await self.storage.read(layout.account_settings(self.user_id), AccountSettings)
-        count = await self.storage.read(layout.daily_count(self.user_id), DailyCount)
+        count = None if self.limits else await self.storage.read(layout.daily_count(self.user_id), AccountCount)
+        if self.limits is not None:  # read meanwhile, and maybe counted since
+            count = self.limits.count
+        elif count is not None:
+            self.pacer.restore(count, utcnow())
         self.limits = AccountLimits(settings or AccountSettings(), count)
         self._wakeup.set()
 
@@ -180,9 +231,9 @@ class AccountSender:
         if self.limits is None:
             await self.reload()
         while True:
+            self._wakeup.clear()  # a change from here on ends the step's wait (_nap) at once
             run = self._next_run()
             if run is None:
-                self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             await self._step(run)
@@ -201,7 +252,11 @@ class AccountSender:
             run.state.senderJid = None  # from the number the account has now
             await self._checkpoint(run)
         elif action == "cancel":
-            run.cancelling = True  # carried out by the sending loop, after a message already on its way
+            # No one not already on their way gets a message, and the store says so at once, so that a
+            # host stopped now finishes the job cancelled; the sending loop ends it (after that message).
+            run.cancelling = True
+            run.skip_pending(keep=run.sending)
+            await self._checkpoint(run, all_results=True)
         logger.info("user=%s job=%s %s", self.user_id, job_id, action)
         self._wakeup.set()
 
@@ -218,9 +273,7 @@ class AccountSender:
             await self._cancel(run)
             return
         if (wait := run.retry_at - time.monotonic()) > 0:  # a passing failure: back off, then try again
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), min(wait, _WAIT_TICK))
-            self._wakeup.clear()
+            await self._nap(min(wait, _WAIT_TICK))
             return
         if not run.prepared:
             await self._prepare(run)
@@ -242,6 +295,9 @@ class AccountSender:
         elif jid and jid != run.state.senderJid:
             await self._pause_for_new_number(run, jid)
             return
+        if result.sendingSince is not None:  # a send of this life that ended with no outcome written
+            await self._settle_interrupted(run)
+            return
         if run.state.status != "running":
             run.state.status, run.state.detail = "running", None
             await self._checkpoint(run)
@@ -260,9 +316,7 @@ class AccountSender:
         await self._checkpoint(run)
 
     async def _cancel(self, run: JobRun) -> None:
-        for result in run.state.results:
-            if result.status == "pending":
-                result.status, result.error = "skipped", "the job was cancelled"
+        run.skip_pending()
         await self._finish(run, "cancelled", "cancelled through the API", all_results=True)
 
     async def _settle_interrupted(self, run: JobRun) -> None:
@@ -276,13 +330,11 @@ class AccountSender:
             if self.honours_message_ids:
                 result.error = "the host stopped while sending; sending again with the same message id"
             else:
-                result.status = "unknown"
-                result.error = (
+                run.mark_unknown(
+                    result,
                     f"the host stopped while this message was being sent ({began:%Y-%m-%d %H:%M:%S} UTC);"
-                    " it may have arrived, so it is not resent"
+                    " it may have arrived, so it is not resent",
                 )
-                if result.jid:
-                    run.reached.setdefault(result.jid, result.index)
             logger.warning("user=%s job=%s recipient %d: %s", self.user_id, run.id, result.index, result.error)
         if interrupted:
             await self._checkpoint(run, all_results=True)
@@ -291,7 +343,7 @@ class AccountSender:
         """Settle what an earlier life of the job left in flight, then fetch the image once for the
         whole job, before anyone gets anything."""
         await self._settle_interrupted(run)
-        if run.job.imageUrl is not None:
+        if run.job.imageUrl is not None and run.next_pending() is not None:
             try:
                 run.image = await fetch_image(
                     run.job.imageUrl, max_bytes=self.settings.image_max_bytes, timeout=self.settings.image_timeout
@@ -299,7 +351,7 @@ class AccountSender:
             except MediaError as exc:
                 for result in run.state.results:  # no one is left pending by a job that is over
                     if result.status == "pending":
-                        result.status, result.error = "skipped", f"not sent: the job failed (image: {exc})"
+                        result.status, result.error = "skipped", f"{_JOB_FAILED} (image: {exc})"
                 await self._finish(run, "failed", f"image: {exc}", all_results=True)
                 return
         run.prepared = True
@@ -324,19 +376,27 @@ class AccountSender:
             run.state.status, run.state.detail = "waiting", block.reason
             await self._checkpoint(run, not_before=block.until)
             logger.info("user=%s job=%s waiting: %s", self.user_id, run.id, block.reason)
-        self._wakeup.clear()  # new settings wake it early
-        seconds = min((block.until - utcnow()).total_seconds(), 5.0)
+        await self._nap(min((block.until - utcnow()).total_seconds(), 5.0))  # new settings wake it early
+
+    async def _nap(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when something changed since this step began (``run``): a job
+        added, paused or cancelled, new settings."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), max(seconds, 0.01))
 
-    async def _count_sent(self) -> None:
+    async def _paced(self, run: JobRun, counted: bool = True) -> None:
+        """A message of ``run`` left: keep the account's pace, and write it with the day's count
+        (``counted``: the message counts towards the cap), so that a restarted host keeps it too."""
         assert self.limits is not None
-        count = self.limits.record_sent(utcnow())
+        gap = self.pacer.record_sent(run)
+        now = utcnow()
+        count = self.limits.record_sent(now, now + dt.timedelta(seconds=gap), counted)
         await self.storage.write_safely(layout.daily_count(self.user_id), count)
 
     async def _deliver(self, run: JobRun, result: RecipientResult, session: Session) -> None:
         client = session.client
         assert client is not None
+        leaving = False  # from the send on, the message may have left whatever goes wrong
         try:
             if result.jid is None:
                 jid = (await client.lookup([result.number])).get(result.number)
@@ -350,22 +410,27 @@ class AccountSender:
                     await self._checkpoint(run, result)
                     return
                 result.jid = jid
+            if run.held or result.status != "pending":  # paused or cancelled meanwhile
+                return
             text = render(run.job, result.index)
             typing = typing_seconds(run.job.antiBanSettings, text)
             if (delay := self.pacer.wait_before(run.job.antiBanSettings) - typing) > 0:
-                await asyncio.sleep(delay)
-                return  # look again: the session may have dropped, a single send may go first
+                await self._nap(delay)
+                return  # look again: the session may have dropped, a single send may go first, a cancel come
+            run.sending = result
             if typing > 0:
                 await client.typing(result.jid, typing)
+                if run.held:  # paused or cancelled while typing: nothing has left
+                    return
             if not self.honours_message_ids:  # in the store before the message leaves (module docstring)
                 result.sendingSince = utcnow()
                 await self._checkpoint(run, result)
+            leaving = True
             await self._send(run, result, client, text)
             result.attempts += 1
             result.status, result.sentAt, result.error = "sent", utcnow(), None
             run.reached.setdefault(result.jid, result.index)
-            self.pacer.record_sent(run)
-            await self._count_sent()
+            await self._paced(run)
         except NotConnected:  # nothing left; the session's own events will say more; do not spin meanwhile
             if result.sendingSince is not None:
                 result.sendingSince = None
@@ -374,28 +439,50 @@ class AccountSender:
             return
         except OutcomeUnknown as exc:
             result.attempts += 1
-            self.pacer.record_sent(run)
-            await self._count_sent()
-            if not self.honours_message_ids:
-                result.status, result.error = "unknown", f"{exc}; not resent, to avoid a second message"
-            else:
-                result.error = f"{exc}; will resend with the same message id"
+            self._may_have_left(run, result, str(exc))
+            await self._paced(run)
         except RateLimited as exc:  # refused before it left: no attempt spent
             session.pause(exc.retry_after, str(exc))
         except SendRejected as exc:
             result.attempts += 1
-            self.pacer.record_sent(run)
+            await self._paced(run, counted=False)
             result.status, result.error = "failed", exc.reason
         except WhatsAppError as exc:  # anything else the backend reports is taken as passing
             result.attempts += 1
-            delay = min(RETRY_BASE * 2 ** (result.attempts - 1), RETRY_MAX)
-            run.retry_at = time.monotonic() + delay
-            result.error = f"{exc}; trying again in {delay:.0f} s"
-            logger.warning("user=%s job=%s recipient %d: %s", self.user_id, run.id, result.index, result.error)
+            self._retry_later(run, result, str(exc))
+        except Exception as exc:  # a fault of ours or of the backend's library, not an answer from WhatsApp
+            logger.exception("user=%s job=%s recipient %d: unexpected error", self.user_id, run.id, result.index)
+            result.attempts += 1
+            if leaving:  # as OutcomeUnknown: it may have left
+                self._may_have_left(run, result, f"unexpected error after the message left: {exc!r}")
+                await self._paced(run)
+            else:  # as a passing failure: a lasting one gives up after MAX_ATTEMPTS instead of looping
+                self._retry_later(run, result, f"unexpected error: {exc!r}")
+        finally:
+            run.sending = None
         result.sendingSince = None  # its outcome is known, and written below
         if result.status == "pending" and result.attempts >= MAX_ATTEMPTS:
-            result.status, result.error = "failed", f"gave up after {result.attempts} attempts: {result.error}"
+            if result.index in run.uncertain:
+                reason = f"gave up after {result.attempts} attempts, one of which may have arrived: {result.error}"
+                run.mark_unknown(result, reason)
+            else:
+                result.status, result.error = "failed", f"gave up after {result.attempts} attempts: {result.error}"
         await self._checkpoint(run, result)
+
+    def _may_have_left(self, run: JobRun, result: RecipientResult, reason: str) -> None:
+        """The message may have left: sent again with the same id where the backend keeps our ids (WhatsApp
+        de-duplicates it), else ``unknown``, not to risk a second message."""
+        run.uncertain.add(result.index)
+        if not self.honours_message_ids:
+            run.mark_unknown(result, f"{reason}; not resent, to avoid a second message")
+        else:
+            result.error = f"{reason}; will resend with the same message id"
+
+    def _retry_later(self, run: JobRun, result: RecipientResult, reason: str) -> None:
+        delay = min(RETRY_BASE * 2 ** (result.attempts - 1), RETRY_MAX)
+        run.retry_at = time.monotonic() + delay
+        result.error = f"{reason}; trying again in {delay:.0f} s"
+        logger.warning("user=%s job=%s recipient %d: %s", self.user_id, run.id, result.index, result.error)
 
     async def _send(self, run: JobRun, result: RecipientResult, client: WhatsAppClient, text: str) -> None:
         assert result.jid is not None
@@ -486,7 +573,14 @@ class AccountSender:
 
 
 def _outcome(run: JobRun) -> tuple[str, str | None]:
-    """A campaign is done when no one is pending; a single send has failed unless it was sent."""
+    """With no one pending: a job that was cancelled, or failed (the image), says so in its results,
+    which are written before the summary; a host stopped in between finishes it so here. Otherwise a
+    campaign is done, and a single send has failed unless it was sent."""
+    skipped = [result.error or "" for result in run.state.results if result.status == "skipped"]
+    if CANCELLED in skipped:
+        return "cancelled", "cancelled through the API"
+    if failure := next((error for error in skipped if error.startswith(_JOB_FAILED)), None):
+        return "failed", failure.removeprefix(f"{_JOB_FAILED} (").removesuffix(")")
     if run.job.kind != "single" or run.state.results[0].status == "sent":
         return "done", None
     result = run.state.results[0]
