@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 import msgspec
@@ -38,6 +39,9 @@ class Health(msgspec.Struct):
     hosts: list[HostHealth]
 
 
+FORGET_HOSTS_AFTER = dt.timedelta(days=1)
+
+
 @get("/healthz", sync_to_thread=True, opt=documented(public=True))
 def health(store: NamedDependency[ObjectStore], principal: NamedDependency[Principal]) -> Health:
     """The API is ready when the store answers (503 otherwise). It needs no key; with the admin key
@@ -52,6 +56,7 @@ def health(store: NamedDependency[ObjectStore], principal: NamedDependency[Princ
             hostId=beat.hostId, alive=beat.alive(now), lastSeen=beat.lastSeen.isoformat(), sessions=beat.sessions
         )
         for beat in list_hosts(store)
+        if now - beat.lastSeen < FORGET_HOSTS_AFTER  # a host id of each past run (hostname-pid) stays in the store
     ]
     return Health(status="ok", hosts=hosts)
 

@@ -205,7 +205,7 @@ class SessionController(Controller):
         request = read_body(body, UserRequest, principal=principal)
         _require_session(store, request.userId)
         send_command(store, request.userId, Disconnect(issuedAt=utcnow()))
-        return Done(success=True, message=f"{request.userId} is being disconnected; the pairing is kept")
+        return Done(success=True, message=f"{request.userId} is being disconnected; a pairing is kept")
 
     @post("/logout", status_code=200, sync_to_thread=True, opt=documented(UserRequest))
     def logout(self, body: RawBody, store: NamedDependency[ObjectStore], principal: NamedDependency[Principal]) -> Done:
