@@ -71,6 +71,10 @@ class Session:
         self._paused_until = 0.0
         self._started_at = 0.0
         self._failures = 0
+        self._lock = asyncio.Lock()  # one start, stop or close at a time: two starts would make two clients
+        self._retry: asyncio.TimerHandle | None = None
+        self._resume_timer: asyncio.TimerHandle | None = None
+        self.released = False  # another host serves the account: this object starts and writes nothing more
 
     @property
     def active(self) -> bool:
@@ -78,8 +82,11 @@ class Session:
 
     async def start(self) -> None:
         """Connect: with the stored credentials if there are any, else by showing QR codes."""
-        if self.active:
-            return
+        async with self._lock:
+            if not self.active and not self.released:
+                await self._start()
+
+    async def _start(self) -> None:
         try:
             paired = await self._restore_auth()
         except CredentialsUnreadable:
@@ -105,25 +112,40 @@ class Session:
 
     async def stop(self, state: SessionState = "disconnected", detail: str | None = None) -> None:
         """Close the connection and keep the credentials (saved once more first)."""
-        if self.client is not None and self._connected:
-            await self.save_auth()
-        await self._close()
-        await self._set(state, detail=detail, qr=None, qrExpiresAt=None, pairCode=None)
+        async with self._lock:
+            if self.released:
+                return
+            if self.client is not None and self._connected:
+                await self.save_auth()
+            await self._shut()
+            await self._set(state, detail=detail, qr=None, qrExpiresAt=None, pairCode=None)
         logger.info("user=%s session stopped: %s", self.user_id, state)
 
     async def release(self) -> None:
-        """Another host serves the account now: close the connection and write nothing more."""
-        await self._close()
+        """Another host serves the account now: close the connection and write nothing more, now or
+        from a timer set earlier (a retry, the end of a pause)."""
+        self.released = True
+        for timer in (self._retry, self._resume_timer):
+            if timer is not None:
+                timer.cancel()
+        async with self._lock:
+            await self._shut()
         logger.info("user=%s session released to another host", self.user_id)
 
     async def logout(self) -> None:
         """Unlink the device and delete the credentials everywhere."""
-        if self.client is not None:
-            try:
-                await self.client.logout()
-            except Exception:
-                logger.exception("user=%s logout at WhatsApp failed; forgetting the credentials anyway", self.user_id)
-        await self._forget("logged out through the API")
+        async with self._lock:
+            if self.released:
+                return
+            if self.client is not None:
+                try:
+                    await self.client.logout()
+                except Exception:
+                    logger.exception(
+                        "user=%s logout at WhatsApp failed; forgetting the credentials anyway", self.user_id
+                    )
+            await self._shut()
+            await self._forget("logged out through the API")
 
     async def pair_phone(self, phone: str) -> None:
         if self.client is None or self.status.state not in ("starting", "qr"):
@@ -136,7 +158,7 @@ class Session:
 
     async def save_auth(self) -> None:
         """Store the credentials if they changed since the last save."""
-        if self.client is None:
+        if self.client is None or self.released:
             return
         blob = await self.client.export_auth()
         if blob is None:
@@ -155,7 +177,11 @@ class Session:
         self.ready.clear()
         until = utcnow() + dt.timedelta(seconds=seconds)
         self._schedule(self._set("paused", detail=f"sending paused until {until:%H:%M:%S} UTC: {reason}"))
-        asyncio.get_running_loop().call_later(seconds, lambda: self._schedule(self._resume()))
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+        self._resume_timer = asyncio.get_running_loop().call_later(
+            self._paused_until - time.monotonic(), lambda: self._schedule(self._resume())
+        )
         logger.warning("user=%s sending paused for %.0f s: %s", self.user_id, seconds, reason)
 
     # -- events --------------------------------------------------------------------------------------
@@ -219,6 +245,7 @@ class Session:
                     await self._set("failed", qr=None, qrExpiresAt=None, detail=reason)
                 logger.warning("user=%s connection failed: %s", self.user_id, reason)
             case LoggedOut(reason=reason):
+                await self._close()
                 await self._forget(reason)
             case StreamReplaced():
                 await self._close()
@@ -241,8 +268,10 @@ class Session:
                 await self.save_auth()
 
     async def _forget(self, reason: str) -> None:
-        """The pairing is gone: delete the credentials so the next connect shows a fresh QR."""
-        await self._close()
+        """The pairing is gone (the connection closed): delete the credentials so the next connect
+        shows a fresh QR."""
+        if self.released:
+            return
         await self.vault.delete(self.user_id)
         remove_local_copy(self.auth_path)
         self._saved_digest = None
@@ -252,7 +281,7 @@ class Session:
         logger.warning("user=%s logged out: %s; credentials deleted", self.user_id, reason)
 
     async def _resume(self) -> None:
-        if not self._connected or time.monotonic() < self._paused_until:
+        if self.released or not self._connected or time.monotonic() < self._paused_until:
             return
         self.ready.set()
         if self.status.state == "paused":
@@ -265,10 +294,14 @@ class Session:
         if delay is None:
             delay = RETRY_BACKOFF[min(self._failures, len(RETRY_BACKOFF) - 1)]
             self._failures += 1
-        asyncio.get_running_loop().call_later(delay, lambda: self._schedule(self._start_if_idle()))
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry = asyncio.get_running_loop().call_later(delay, lambda: self._schedule(self._start_if_idle()))
         return delay
 
     async def _start_if_idle(self) -> None:
+        if self.released:
+            return
         if self.client is None and self.status.state in ("reconnecting", "paused"):
             await self.start()
 
@@ -294,6 +327,14 @@ class Session:
         return True
 
     async def _close(self) -> None:
+        async with self._lock:
+            await self._shut()
+
+    async def _shut(self) -> None:
+        """Close the connection; the caller holds the lock."""
+        if self._retry is not None:  # a retry set before this close would start a session no one wants
+            self._retry.cancel()
+            self._retry = None
         self._connected = False
         self.ready.clear()
         client, self.client = self.client, None
@@ -323,6 +364,8 @@ class Session:
         return self.status
 
     async def _set(self, state: SessionState, **changes: Any) -> None:
+        if self.released:
+            return
         await self.load_status()
         self.status = msgspec.structs.replace(self.status, state=state, updatedAt=utcnow(), **changes)
         await self.storage.write_safely(layout.session_status(self.user_id), self.status)
