@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -50,6 +50,7 @@ from session_host.whatsapp import WhatsAppBackend
 logger = logging.getLogger(__name__)
 
 RESTORED_STATES = frozenset({"starting", "qr", "connected", "reconnecting", "paused", "failed"})
+JOB_COMMAND_WAIT = 300.0  # seconds a command about a job still in the inbox waits for the job to be accepted
 
 
 class Host:
@@ -62,8 +63,13 @@ class Host:
         self.leases = Leases(self.storage, settings.host.id)
         self._held: set[str] = set()  # accounts this host serves (it holds their lease)
         self._sender_tasks: dict[str, asyncio.Task[None]] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._session_work: dict[str, asyncio.Task[None]] = {}  # each account's latest session work, run in turn
+        self._commands_running: set[str] = set()  # keys of the commands carried out off the polling loop
+        self._commands_waiting: dict[str, float] = {}  # job commands waiting for their job: since when
+        self._lease_check: asyncio.Task[None] | None = None
+        self._take_over_due = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._stopped_polling = asyncio.Event()
         self._jobs_accepted = 0
         self._started_at = utcnow()
         self._last_beat: dt.datetime | None = None
@@ -76,22 +82,28 @@ class Host:
         logger.info(
             "host=%s serving store=%r whatsapp=%s", self.settings.host.id, self.storage.store, self.backend.name
         )
-        await self._beat()
-        await self._take_over()
-        while not self._stopping.is_set():
-            try:
-                if await self._beat():
-                    await self._check_leases()
-                    await self._take_over()
-                await self._poll_inbox()  # first, so that a command about a new job finds it
-                await self._poll_commands()
-            except StoreError as exc:
-                logger.warning("store unavailable, polling again shortly: %s", exc)
-            except Exception:
-                logger.exception("polling the store failed; polling again shortly")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.settings.host.poll_interval)
-        await self._shutdown()
+        beating = asyncio.create_task(self._keep_beating(), name="heartbeat")
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._poll()
+                except StoreError as exc:
+                    logger.warning("store unavailable, polling again shortly: %s", exc)
+                except Exception:
+                    logger.exception("polling the store failed; polling again shortly")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.settings.host.poll_interval)
+            await self._shutdown()  # still beating: its accounts are not taken while their sessions close
+        except asyncio.CancelledError:  # dies: with everything it runs, and no goodbye
+            for task in (beating, self._lease_check, *self._session_work.values(), *self._sender_tasks.values()):
+                if task is not None:
+                    task.cancel()
+            raise
+        self._stopped_polling.set()
+        await beating  # ends after the beat it may be writing, which must not land after the last one
+        if self._lease_check is not None:
+            self._lease_check.cancel()
+            await asyncio.gather(self._lease_check, return_exceptions=True)
         with contextlib.suppress(StoreError):
             await self._beat(stopped=True)
         logger.info(
@@ -102,12 +114,34 @@ class Host:
             self._jobs_accepted,
         )
 
-    async def _beat(self, stopped: bool = False) -> bool:
-        """Tell the API and the other hosts that this host is alive (a beat every ``heartbeat`` s), or that
-        it stopped; True when it wrote."""
+    async def _poll(self) -> None:
+        if self._last_beat is None:
+            return  # nothing is taken before the other hosts can see this host alive
+        if self._take_over_due.is_set():
+            self._take_over_due.clear()
+            await self._take_over()
+        await self._poll_inbox()  # first, so that a command about a new job finds it
+        await self._poll_commands()
+
+    async def _keep_beating(self) -> None:
+        """Beat every ``heartbeat`` s whatever the polling loop is busy with, and check the leases after
+        each beat, in a task of their own: many accounts take a while to check."""
+        while not self._stopped_polling.is_set():
+            try:
+                await self._beat()
+            except StoreError as exc:
+                logger.warning("host=%s heartbeat not written: %s", self.settings.host.id, exc)
+            except Exception:
+                logger.exception("host=%s heartbeat not written", self.settings.host.id)
+            else:
+                if self._lease_check is None or self._lease_check.done():
+                    self._lease_check = asyncio.create_task(self._check_leases(), name="lease-check")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped_polling.wait(), self.settings.host.heartbeat)
+
+    async def _beat(self, stopped: bool = False) -> None:
+        """Tell the API and the other hosts that this host is alive, or that it stopped."""
         now = utcnow()
-        if not stopped and self._last_beat and (now - self._last_beat).total_seconds() < self.settings.host.heartbeat:
-            return False
         beat = HostBeat(
             hostId=self.settings.host.id,
             startedAt=self._started_at,
@@ -118,7 +152,6 @@ class Host:
         )
         await self.storage.write(layout.host_beat(self.settings.host.id), beat)
         self._last_beat = now
-        return True
 
     # -- which accounts this host serves -------------------------------------------------------------
 
@@ -138,24 +171,55 @@ class Host:
         if not await self.leases.acquire(user_id):
             return False
         self._held.add(user_id)
-        status = await self.storage.read(layout.session_status(user_id), SessionStatus)
-        paired = await self.storage.get_bytes(layout.session_auth(user_id)) is not None
-        if paired and (status is None or status.state in RESTORED_STATES):
-            await self._session(user_id).start()
-        elif not paired and status is not None and status.state in ACTIVE_STATES:  # its host died mid-pairing
-            await self._session(user_id).stop("disconnected", UNPAIRED_AT_STOP)
-        for key in await self.storage.list(f"{layout.QUEUE}{user_id}/"):
-            await self._resume_job(user_id, key.rsplit("/", 1)[1])
+        try:
+            await self._serve(user_id)
+        except Exception as exc:  # held but not served would be for good: the next take-over tries again
+            logger.warning(
+                "user=%s could not be served; trying again at the next heartbeat: %s",
+                user_id,
+                exc,
+                exc_info=not isinstance(exc, StoreError),
+            )
+            await self._drop(user_id)
+            return False
         return True
 
-    async def _check_leases(self) -> None:
-        """Let go of the accounts another host has taken over."""
-        for user_id in sorted(self._held):
-            if not await self.leases.holds(user_id):
-                await self._let_go(user_id)
+    async def _serve(self, user_id: str) -> None:
+        """Serve an account just taken: its session as it was left, its queued jobs."""
+        status = await self.storage.read(layout.session_status(user_id), SessionStatus)
+        paired = await self.storage.get_bytes(layout.session_auth(user_id)) is not None
+        if user_id not in self._held:
+            return  # let go meanwhile
+        session = self._session(user_id)
+        if paired and (status is None or status.state in RESTORED_STATES):
+            self._in_turn(user_id, functools.partial(self._restore, user_id, session), "restore")
+        elif not paired and status is not None and status.state in ACTIVE_STATES:  # its host died mid-pairing
+            self._in_turn(user_id, functools.partial(session.stop, "disconnected", UNPAIRED_AT_STOP), "stop")
+        for key in await self.storage.list(f"{layout.QUEUE}{user_id}/"):
+            await self._resume_job(user_id, key.rsplit("/", 1)[1])
 
-    async def _let_go(self, user_id: str) -> None:
-        logger.warning("user=%s now served by another host; letting the session go", user_id)
+    async def _restore(self, user_id: str, session: Session) -> None:
+        try:
+            await session.start()
+        except Exception as exc:
+            logger.warning("user=%s session could not start; trying again at the next heartbeat: %s", user_id, exc)
+            if self.sessions.get(user_id) is session:
+                await self._drop(user_id)
+
+    async def _check_leases(self) -> None:
+        """Let go of the accounts another host has taken over; then look for accounts to take."""
+        try:
+            for user_id in sorted(self._held):
+                if user_id in self._held and not await self.leases.holds(user_id):
+                    logger.warning("user=%s now served by another host; letting the session go", user_id)
+                    await self._drop(user_id)
+        except StoreError as exc:
+            logger.warning("host=%s leases not checked: %s", self.settings.host.id, exc)
+        finally:
+            self._take_over_due.set()
+
+    async def _drop(self, user_id: str) -> None:
+        """Stop serving the account, writing nothing more for it."""
         self._held.discard(user_id)
         if (task := self._sender_tasks.pop(user_id, None)) is not None:
             task.cancel()
@@ -174,33 +238,59 @@ class Host:
             logger.warning("user=%s job=%s queue marker without job or state; removing it", user_id, job_id)
             await self.storage.delete(layout.queue_marker(user_id, job_id))
             return
+        if user_id not in self._held:
+            return  # let go meanwhile: the host that serves the account resumes it
         run = JobRun(job, state)
-        if run.finished:  # ended before the host stopped; only its webhook was still owed
-            self._sender(user_id).notify(run)
-        else:
+        if not run.finished:
             self._sender(user_id).add(run)
+        elif run.state.webhook is not None:  # ended before the host stopped; only its webhook was still owed
+            self._sender(user_id).notify(run)
+        else:  # ended, and the host stopped before it removed the marker
+            await self.storage.delete(layout.queue_marker(user_id, job_id))
 
     # -- commands ------------------------------------------------------------------------------------
 
     async def _poll_commands(self) -> None:
         for key in await self.storage.list(layout.COMMANDS):
             user_id = layout.user_of(key, layout.COMMANDS)
-            if not await self._mine(user_id):
-                continue  # the host that serves the account carries it out
+            if key in self._commands_running or not await self._mine(user_id):
+                continue  # under way, or for the host that serves the account
             data = await self.storage.get_bytes(key)
-            if data is not None:
-                try:
-                    await self._carry_out(user_id, decode(data, SessionCommand))  # type: ignore[arg-type]
-                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                    logger.warning("user=%s bad session command %s ignored: %s", user_id, key, exc)
-                except Exception:
-                    logger.exception("user=%s session command %s failed", user_id, key)
-            await self.storage.delete(key)
+            try:
+                command = decode(data, SessionCommand) if data is not None else None  # type: ignore[arg-type]
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                logger.warning("user=%s bad session command %s ignored: %s", user_id, key, exc)
+                await self.storage.delete(key)
+                continue
+            if isinstance(command, ControlJob | ReloadSettings) or command is None:
+                await self._command(key, user_id, command)
+            else:  # starting or stopping a session may take tens of seconds: off the polling loop
+                self._commands_running.add(key)
+                self._in_turn(user_id, functools.partial(self._command, key, user_id, command), "command")
 
-    async def _carry_out(self, user_id: str, command: SessionCommand) -> None:
+    async def _command(self, key: str, user_id: str, command: SessionCommand | None) -> None:
+        """Carry a command out and delete it, unless it has to wait for a later poll."""
+        try:
+            try:
+                done = command is None or await self._carry_out(key, user_id, command)
+            except Exception:
+                logger.exception("user=%s session command %s failed", user_id, key)
+                done = True
+            if done:
+                await self.storage.delete(key)
+                self._commands_waiting.pop(key, None)
+        finally:
+            self._commands_running.discard(key)
+
+    async def _carry_out(self, key: str, user_id: str, command: SessionCommand) -> bool:
+        """Carry the command out; False when it has to wait for a later poll."""
+        if isinstance(command, ControlJob) and await self._job_still_coming(key, user_id, command.jobId):
+            return False
         if isinstance(command, Disconnect | Logout) and not await self._known(user_id):
             logger.info("user=%s %s ignored: no such session", user_id, type(command).__name__.lower())
-            return
+            return True
+        if user_id not in self._held:
+            return False  # let go meanwhile: the host that serves the account now carries it out
         session = self._session(user_id)
         logger.info("user=%s command %s", user_id, type(command).__name__.lower())
         match command:
@@ -214,12 +304,33 @@ class Host:
                     await session.stop("disconnected", "disconnected through the API before it was paired")
             case Logout():
                 await session.logout()
-            case PairPhone(phone=phone):  # waits for the first QR code: not in the polling loop
-                self._in_background(session.pair_phone(phone), f"pair-phone-{user_id}")
+            case PairPhone(phone=phone):
+                await session.pair_phone(phone)
             case ControlJob(jobId=job_id, action=action):
                 await self._sender(user_id).control(job_id, action)
             case ReloadSettings():
                 await self._sender(user_id).reload()
+        return True
+
+    async def _job_still_coming(self, key: str, user_id: str, job_id: str) -> bool:
+        """Whether a command about a job should wait for the job: read before the job was accepted, it
+        finds the job still in the inbox. It waits JOB_COMMAND_WAIT seconds at most."""
+        sender = self.senders.get(user_id)
+        if sender is not None and any(run.id == job_id for run in sender.runs):
+            return False
+        if not await asyncio.to_thread(self.storage.store.exists, layout.inbox(job_id)):
+            return False
+        since = self._commands_waiting.setdefault(key, time.monotonic())
+        if time.monotonic() - since < JOB_COMMAND_WAIT:
+            return True
+        logger.warning(
+            "user=%s job=%s still in the inbox after %.0f s; command %s waits no longer",
+            user_id,
+            job_id,
+            JOB_COMMAND_WAIT,
+            key,
+        )
+        return False
 
     # -- jobs ----------------------------------------------------------------------------------------
 
@@ -241,10 +352,8 @@ class Host:
         data = await self.storage.get_bytes(key)
         if data is None:
             return
-        try:
-            job = prepare_job(
-                decode(data, Job), job_id=name.removesuffix(".json"), default_region=self.settings.default_country
-            )
+        try:  # in a thread: templates for 100,000 contacts keep the CPU busy for a while
+            job = await asyncio.to_thread(self._prepare, data, name.removesuffix(".json"))
         except (msgspec.ValidationError, msgspec.DecodeError, InvalidJob) as exc:
             await self._reject(key, name, data, str(exc))
             return
@@ -253,7 +362,7 @@ class Host:
             return  # the host that serves the account takes it
         try:
             await self.storage.put(layout.job(job.jobId), encode(job), create_only=True)
-            state = initial_state(job)
+            state = await asyncio.to_thread(initial_state, job)
             await asyncio.to_thread(write_state, self.storage.store, state)
             await self.storage.put(layout.user_job(job.userId, job.jobId), b"")
             await self.storage.put(layout.queue_marker(job.userId, job.jobId), b"")
@@ -274,8 +383,11 @@ class Host:
             await self.storage.put(layout.queue_marker(job.userId, job.jobId or ""), b"")
         await self.storage.delete(key)
         self._jobs_accepted += 1
-        if state.status not in ("done", "failed", "cancelled"):
+        if state.status not in ("done", "failed", "cancelled") and job.userId in self._held:
             self._sender(job.userId).add(JobRun(job, state))
+
+    def _prepare(self, data: bytes, job_id: str) -> Job:
+        return prepare_job(decode(data, Job), job_id=job_id, default_region=self.settings.default_country)
 
     async def _reject(self, key: str, name: str, data: bytes | None, reason: str) -> None:
         data = data if data is not None else await self.storage.get_bytes(key)
@@ -297,11 +409,24 @@ class Host:
     async def _known(self, user_id: str) -> bool:
         return user_id in self.sessions or await self.storage.get_bytes(layout.session_status(user_id)) is not None
 
-    def _in_background(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(coroutine, name=name)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _in_turn(self, user_id: str, work: Callable[[], Awaitable[None]], name: str) -> None:
+        """Run ``work`` in a task of its own, after the account's earlier session work: commands keep
+        their order, and one account's slow start holds up no other."""
+        previous = self._session_work.get(user_id)
+
+        async def after_previous() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await work()
+
+        task = asyncio.create_task(after_previous(), name=f"{name}-{user_id}")
+        self._session_work[user_id] = task
+        task.add_done_callback(functools.partial(self._work_done, user_id))
         task.add_done_callback(_log_failure)
+
+    def _work_done(self, user_id: str, task: asyncio.Task[None]) -> None:
+        if self._session_work.get(user_id) is task:
+            del self._session_work[user_id]
 
     def _sender(self, user_id: str) -> AccountSender:
         if user_id not in self.senders:
@@ -328,10 +453,11 @@ class Host:
                 await asyncio.sleep(1)
 
     async def _shutdown(self) -> None:
-        for task in self._sender_tasks.values():
+        tasks = [*self._session_work.values(), *self._sender_tasks.values()]  # unfinished commands stay in the store
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._sender_tasks.values(), return_exceptions=True)
-        for session in self.sessions.values():
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for session in list(self.sessions.values()):
             if session.active:
                 try:
                     if session.status.paired:
