@@ -360,11 +360,7 @@ class AccountSender:
 
     async def _wait_for_session(self, run: JobRun, session: Session | None) -> None:
         state = "not started" if session is None else session.status.state
-        reason = f"the session is {state}; sending resumes when it is connected"
-        if run.state.status != "waiting" or run.state.detail != reason:
-            run.state.status, run.state.detail = "waiting", reason
-            await self._checkpoint(run)
-            logger.info("user=%s job=%s waiting: %s", self.user_id, run.id, reason)
+        await self._mark_waiting(f"the session is {state}; sending resumes when it is connected")
         if session is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(session.ready.wait(), _WAIT_TICK)
@@ -372,11 +368,19 @@ class AccountSender:
             await asyncio.sleep(_WAIT_TICK)
 
     async def _wait_for_limit(self, run: JobRun, block: Block) -> None:
-        if run.state.status != "waiting" or run.state.detail != block.reason:
-            run.state.status, run.state.detail = "waiting", block.reason
-            await self._checkpoint(run, not_before=block.until)
-            logger.info("user=%s job=%s waiting: %s", self.user_id, run.id, block.reason)
+        await self._mark_waiting(block.reason, not_before=block.until)
         await self._nap(min((block.until - utcnow()).total_seconds(), 5.0))  # new settings wake it early
+
+    async def _mark_waiting(self, reason: str, not_before: dt.datetime | None = None) -> None:
+        """What holds the account holds every job of it that is not paused: each says so, also those
+        queued behind the one that would send next."""
+        for run in self.runs:
+            if run.finished or (run.state.status == "paused" and not run.cancelling):
+                continue
+            if run.state.status != "waiting" or run.state.detail != reason:
+                run.state.status, run.state.detail = "waiting", reason
+                await self._checkpoint(run, not_before=not_before)
+                logger.info("user=%s job=%s waiting: %s", self.user_id, run.id, reason)
 
     async def _nap(self, seconds: float) -> None:
         """Wait ``seconds``, or less when something changed since this step began (``run``): a job

@@ -62,11 +62,14 @@ def test_daily_cap_holds_across_jobs_and_lifts_with_new_settings(s3_store: S3Sto
                 dt.date.fromisoformat(today) + dt.timedelta(days=1), dt.time(), zoneinfo.ZoneInfo("America/Sao_Paulo")
             )
             assert state.estimatedEnd is not None and state.estimatedEnd >= local_midnight  # type: ignore[attr-defined]
+            third = await h.submit("u1", [("D", "5511900000621")], antiBanSettings=INSTANT)
+            await waiting_with(h, third, "daily cap of 3 messages reached")  # queued behind, and says why
             await asyncio.sleep(0.5)
             assert len(h.world.delivered("u1")) == 3
             set_limits(s3_store, "u1", AccountSettings(dailyCap=10))
             assert (await h.final(second)).totals.sent == 3
-            assert len(h.world.delivered("u1")) == 5
+            assert (await h.final(third)).totals.sent == 1
+            assert len(h.world.delivered("u1")) == 6
 
     asyncio.run(scenario())
 
