@@ -14,7 +14,7 @@
     sessions/<userId>/status.json       SessionStatus
     sessions/<userId>/auth.db           the account's WhatsApp credentials (neonize's SQLite database)
     sessions/<userId>/settings.json     AccountSettings: daily cap, quiet hours, time zone, warm-up
-    sessions/<userId>/count.json        DailyCount: messages sent today
+    sessions/<userId>/count.json        AccountCount: messages sent today, and when the next may leave
     hosts/<hostId>.json                 HostBeat: a session host's sign of life
     keys/<keyId>.json                   ApiKey: a user's API key, hashed (api/auth.py)
     leases/<userId>/<epoch>.json        which host serves the account (session_host.leases)
