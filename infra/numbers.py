@@ -50,8 +50,12 @@ def normalize_number(raw: str | int, default_region: str | None = None) -> str:
     if digits.startswith("00") and not plus:
         digits, plus = digits[2:], True  # the international call prefix: as good as a +
     international = _parse("+" + digits, None)
-    national = _parse(digits, default_region) if default_region and not plus else None
     valid_international = international is not None and phonenumbers.is_valid_number(international)
+    national = None
+    if default_region and not plus and not (valid_international and _region(international) == default_region):
+        # (A valid number of the default country written internationally is never also a valid
+        # national one there: it is longer by the country code. That is the common case; skip it.)
+        national = _parse(digits, default_region)
     valid_national = national is not None and phonenumbers.is_valid_number(national)
     if valid_national and (body.startswith("(") or not valid_international):
         assert national is not None
@@ -73,6 +77,10 @@ def _ambiguous(international: phonenumbers.PhoneNumber, national: phonenumbers.P
         f"is ambiguous: it reads as {shown(international)} or, as a national number, {shown(national)}; "
         f"write it with its country code, as in {_digits(national)} or +{_digits(international)}"
     )
+
+
+def _region(number: phonenumbers.PhoneNumber | None) -> str | None:
+    return phonenumbers.region_code_for_number(number) if number is not None else None
 
 
 def _parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:
