@@ -64,6 +64,7 @@ class Host:
         self._held: set[str] = set()  # accounts this host serves (it holds their lease)
         self._sender_tasks: dict[str, asyncio.Task[None]] = {}
         self._session_work: dict[str, asyncio.Task[None]] = {}  # each account's latest session work, run in turn
+        self._session_tasks: set[asyncio.Task[None]] = set()  # all of it, the latest's predecessors too
         self._commands_running: set[str] = set()  # keys of the commands carried out off the polling loop
         self._commands_waiting: dict[str, float] = {}  # job commands waiting for their job: since when
         self._lease_check: asyncio.Task[None] | None = None
@@ -95,7 +96,7 @@ class Host:
                     await asyncio.wait_for(self._stopping.wait(), self.settings.host.poll_interval)
             await self._shutdown()  # still beating: its accounts are not taken while their sessions close
         except asyncio.CancelledError:  # dies: with everything it runs, and no goodbye
-            for task in (beating, self._lease_check, *self._session_work.values(), *self._sender_tasks.values()):
+            for task in (beating, self._lease_check, *self._session_tasks, *self._sender_tasks.values()):
                 if task is not None:
                     task.cancel()
             raise
@@ -224,7 +225,8 @@ class Host:
         if (task := self._sender_tasks.pop(user_id, None)) is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        self.senders.pop(user_id, None)
+        if (sender := self.senders.pop(user_id, None)) is not None:
+            await sender.close()
         if (session := self.sessions.pop(user_id, None)) is not None:
             await session.release()
 
@@ -421,6 +423,8 @@ class Host:
 
         task = asyncio.create_task(after_previous(), name=f"{name}-{user_id}")
         self._session_work[user_id] = task
+        self._session_tasks.add(task)
+        task.add_done_callback(self._session_tasks.discard)
         task.add_done_callback(functools.partial(self._work_done, user_id))
         task.add_done_callback(_log_failure)
 
@@ -453,10 +457,11 @@ class Host:
                 await asyncio.sleep(1)
 
     async def _shutdown(self) -> None:
-        tasks = [*self._session_work.values(), *self._sender_tasks.values()]  # unfinished commands stay in the store
+        tasks = [*self._session_tasks, *self._sender_tasks.values()]  # unfinished commands stay in the store
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(sender.close() for sender in self.senders.values()))
         for session in list(self.sessions.values()):
             if session.active:
                 try:

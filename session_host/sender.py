@@ -263,8 +263,9 @@ class AccountSender:
     def _next_run(self) -> JobRun | None:
         self.runs = [run for run in self.runs if not run.finished]
         ready = [run for run in self.runs if run.state.status != "paused" or run.cancelling]
+        cancelling = [run for run in ready if run.cancelling]  # finished at once, even behind another job
         singles = [run for run in ready if run.job.kind == "single"]
-        return next(iter(singles or ready), None)
+        return next(iter(cancelling or singles or ready), None)
 
     # -- one step: prepare, wait, or send to one recipient --------------------------------------------
 
@@ -498,6 +499,13 @@ class AccountSender:
         logger.debug("user=%s job=%s recipient %d sent", self.user_id, run.id, result.index)
 
     # -- the completion webhook ---------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop the webhook deliveries under way: the account is no longer served here (the host
+        that serves it now, or this one when it starts again, delivers what is still owed)."""
+        for task in self._notifying:
+            task.cancel()
+        await asyncio.gather(*self._notifying, return_exceptions=True)
 
     def notify(self, run: JobRun) -> None:
         """Deliver the finished job's webhook in the background; the account's sending goes on."""

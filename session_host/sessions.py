@@ -105,7 +105,7 @@ class Session:
         await self._set("starting", paired=paired, detail=None, qr=None, qrExpiresAt=None, pairCode=None)
         logger.info("user=%s session starting (%s)", self.user_id, "stored credentials" if paired else "new pairing")
         self._tasks = [
-            asyncio.create_task(self._follow_events(events), name=f"events-{self.user_id}"),
+            asyncio.create_task(self._follow_events(events, self.client), name=f"events-{self.user_id}"),
             asyncio.create_task(self._save_periodically(), name=f"autosave-{self.user_id}"),
         ]
         await self.client.start()
@@ -186,14 +186,16 @@ class Session:
 
     # -- events --------------------------------------------------------------------------------------
 
-    async def _follow_events(self, events: asyncio.Queue[Event]) -> None:
+    async def _follow_events(self, events: asyncio.Queue[Event], client: WhatsAppClient) -> None:
         while True:
             event = await events.get()
+            if self.client is not client:  # closed, and maybe started again: not this client's session now
+                return
             try:
                 await self._handle(event)
             except Exception:
                 logger.exception("user=%s handling %s failed", self.user_id, type(event).__name__)
-            if self.client is None:  # the event closed the session
+            if self.client is not client:  # the event closed the session
                 return
 
     async def _handle(self, event: Event) -> None:
@@ -303,7 +305,11 @@ class Session:
         if self.released:
             return
         if self.client is None and self.status.state in ("reconnecting", "paused"):
-            await self.start()
+            try:
+                await self.start()
+            except Exception:  # a store outage, a worker that did not come up: the next retry may work
+                delay = self._retry_later()
+                logger.exception("user=%s reconnecting failed; trying again in %.0f s", self.user_id, delay)
 
     async def _restore_auth(self) -> bool:
         """Put the stored credentials where the client reads them; False when there are none.
@@ -372,7 +378,11 @@ class Session:
 
     def _schedule(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
-        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        task.add_done_callback(self._said_if_failed)
+
+    def _said_if_failed(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.error("user=%s timed session work failed", self.user_id, exc_info=error)
 
     def _elapsed(self) -> float:
         return time.monotonic() - self._started_at

@@ -5,6 +5,7 @@ take-over hit a store error, and loses no command that came before its job."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import threading
 import time
 from pathlib import Path
@@ -14,15 +15,30 @@ import pytest
 
 from api.service import send_command
 from infra import layout
-from infra.documents import AntiBanSettings, Connect, ControlJob, HostBeat, Job, Recipient, decode, encode, utcnow
+from infra.documents import (
+    AntiBanSettings,
+    Connect,
+    ControlJob,
+    Disconnect,
+    HostBeat,
+    Job,
+    Recipient,
+    decode,
+    encode,
+    utcnow,
+)
 from infra.jobs import prepare_job
 from infra.store import StoredObject, StoreUnavailable
 from infra.store.local import LocalStore
 from session_host import host as host_module
+from session_host import sessions as sessions_module
+from session_host import webhooks
+from session_host.auth import CredentialVault
 from session_host.leases import Lease, Leases
 from session_host.storage import Storage
 from session_host.whatsapp.simulated import SimulatedClient
 from tests.host.harness import HostHarness, until
+from tests.host.test_webhooks_and_typing import _Receiver
 
 SLOW = AntiBanSettings(randomDelayMin=1000, randomDelayMax=1000, batchSize=100, batchDelayMs=1000, typing=False)
 
@@ -280,3 +296,106 @@ def test_a_host_started_during_a_store_outage_comes_up_when_the_store_is_back(tm
 
 async def _is(value: bool) -> bool:
     return value
+
+
+def test_a_reconnect_that_hits_a_store_error_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FlakyStore(tmp_path / "store")
+    monkeypatch.setattr(sessions_module, "RETRY_BACKOFF", (0.5,))
+
+    async def scenario() -> None:
+        async with HostHarness(store, tmp_path) as h:
+            await h.connect("u1", "5511977770001")
+            store.fail_once = {layout.session_auth("u1")}  # one failed read when the retry starts
+            h.world.drop("u1", down_for=0.2)
+            h.world.unreachable("u1", seconds=0.4)
+            await h.until_state("u1", "reconnecting")
+            await until(lambda: _is(not store.fail_once), 5, "the retry to hit the store error")
+            job_id = await h.submit("u1", [("Ana", "5511900000001")])
+            await h.until_state("u1", "connected", timeout=10)
+            assert (await h.final(job_id)).totals.sent == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_campaign_queued_behind_another_finishes_at_once(local_store: LocalStore, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with HostHarness(local_store, tmp_path) as h:
+            await h.connect("u1", "5511977770001")
+            first = await h.submit("u1", [(f"C{i}", f"55119000000{i:02d}") for i in range(1, 20)], antiBanSettings=SLOW)
+            await until(lambda: _is(len(h.world.delivered("u1")) >= 1), 10, "the first message")
+            second = await h.submit("u1", [("Ana", "5511900000091"), ("Bia", "5511900000092")], antiBanSettings=SLOW)
+            await until(lambda: _is(any(r.id == second for r in h.host.senders["u1"].runs)), 5, "second queued")
+            await command(local_store, "u1", ControlJob(issuedAt=utcnow(), jobId=second, action="cancel"))
+            state = await h.final(second, timeout=3)  # long before the first campaign ends
+            assert state.status == "cancelled" and [r.status for r in state.results] == ["skipped", "skipped"]
+            assert (await h.job(first)).status == "running"
+
+    asyncio.run(scenario())
+
+
+def test_no_session_work_queued_behind_a_slow_stop_runs_after_the_host_stopped(
+    local_store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stop = SimulatedClient.stop
+    slow = {"on": False}
+
+    async def slow_stop(self: SimulatedClient) -> None:  # a worker that takes its time to exit
+        if slow["on"]:
+            await asyncio.sleep(2)
+        await stop(self)
+
+    monkeypatch.setattr(SimulatedClient, "stop", slow_stop)
+
+    async def scenario() -> None:
+        h = HostHarness(local_store, tmp_path)
+        made = counting_clients(h)
+        async with h:
+            await h.connect("u1", "5511977770001")
+            slow["on"] = True
+            for what in (Disconnect, Connect, Connect):
+                await command(local_store, "u1", what(issuedAt=utcnow()))
+            await until(lambda: _is(len(h.host._commands_running) == 3), 5, "three commands in turn")
+            made.clear()
+        await asyncio.sleep(3)  # the host has said it stopped: nothing of it may start now
+        assert not made and not h.host.sessions["u1"].active
+
+    asyncio.run(scenario())
+
+
+def test_a_webhook_is_not_posted_twice_when_the_account_is_dropped_and_served_again(
+    local_store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhooks, "RETRY_DELAYS", (0.0, 2.0, 2.0, 2.0))
+    _Receiver.received.clear()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    _Receiver.failures_left = 99
+
+    async def first_life() -> None:  # the job ends, its webhook fails and is still owed at the stop
+        async with HostHarness(local_store, tmp_path) as h:
+            await h.connect("u1", "5511977770001")
+            await h.final(await h.submit("u1", [("Ana", "5511900000001")], webhookUrl=url))
+            await until(lambda: _is(len(_Receiver.received) == 1), 5, "the first failed attempt")
+
+    async def load_once_failing(self: CredentialVault, user_id: str) -> Any:
+        if not failed:
+            failed.append(user_id)
+            await asyncio.sleep(0.5)  # a slow store, then a failure: the job's webhook was resumed meanwhile
+            raise StoreUnavailable("simulated outage while restoring")
+        return await load(self, user_id)
+
+    async def second_life() -> None:  # the restore fails, the account is dropped, then served again
+        async with HostHarness(local_store, tmp_path, id="host-2") as h:
+            await h.until_state("u1", "connected", timeout=10)
+            await asyncio.sleep(5)
+
+    try:
+        asyncio.run(first_life())
+        _Receiver.failures_left = 0
+        load, failed = CredentialVault.load, []
+        monkeypatch.setattr(CredentialVault, "load", load_once_failing)
+        asyncio.run(second_life())
+    finally:
+        server.shutdown()
+    assert failed and len(_Receiver.received) - 1 == 1  # delivered once after the restart
