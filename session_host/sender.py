@@ -402,6 +402,7 @@ class AccountSender:
         client = session.client
         assert client is not None
         leaving = False  # from the send on, the message may have left whatever goes wrong
+        paced: bool | None = None  # whether a message left or may have (the pace counts it), and counts to the cap
         try:
             if result.jid is None:
                 jid = (await client.lookup([result.number])).get(result.number)
@@ -435,7 +436,7 @@ class AccountSender:
             result.attempts += 1
             result.status, result.sentAt, result.error = "sent", utcnow(), None
             run.reached.setdefault(result.jid, result.index)
-            await self._paced(run)
+            paced = True
         except NotConnected:  # nothing left; the session's own events will say more; do not spin meanwhile
             if result.sendingSince is not None:
                 result.sendingSince = None
@@ -445,12 +446,12 @@ class AccountSender:
         except OutcomeUnknown as exc:
             result.attempts += 1
             self._may_have_left(run, result, str(exc))
-            await self._paced(run)
+            paced = True
         except RateLimited as exc:  # refused before it left: no attempt spent
             session.pause(exc.retry_after, str(exc))
         except SendRejected as exc:
             result.attempts += 1
-            await self._paced(run, counted=False)
+            paced = False
             result.status, result.error = "failed", exc.reason
         except WhatsAppError as exc:  # anything else the backend reports is taken as passing
             result.attempts += 1
@@ -460,11 +461,13 @@ class AccountSender:
             result.attempts += 1
             if leaving:  # as OutcomeUnknown: it may have left
                 self._may_have_left(run, result, f"unexpected error after the message left: {exc!r}")
-                await self._paced(run)
+                paced = True
             else:  # as a passing failure: a lasting one gives up after MAX_ATTEMPTS instead of looping
                 self._retry_later(run, result, f"unexpected error: {exc!r}")
         finally:
             run.sending = None
+        if paced is not None:  # outside the try: a failure to record the pace says nothing of the message
+            await self._paced(run, counted=paced)
         result.sendingSince = None  # its outcome is known, and written below
         if result.status == "pending" and result.attempts >= MAX_ATTEMPTS:
             if result.index in run.uncertain:

@@ -285,3 +285,30 @@ def _kill_before_summaries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def _true(value: object) -> bool:
     return bool(value)
+
+
+def test_a_failure_to_record_the_pace_leaves_a_sent_message_sent(
+    local_store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_safely = Storage.write_safely
+    failed: list[str] = []
+
+    async def failing_once(self: Storage, key: str, document: Any) -> None:
+        if key == layout.daily_count("u1") and not failed:
+            failed.append(key)
+            raise RuntimeError("a bug while writing the count")
+        await write_safely(self, key, document)
+
+    monkeypatch.setattr(Storage, "write_safely", failing_once)
+    SimulatedWorld(tmp_path / "whatsapp").set_message_ids(False)  # as neonize 0.5.2: "unknown" was the risk
+
+    async def scenario() -> None:
+        async with HostHarness(local_store, tmp_path) as h:
+            await h.connect("u1", "5511977770001")
+            state = await h.final(await h.submit("u1", THREE, antiBanSettings=FAST))
+            assert failed and [r.status for r in state.results] == ["sent", "sent", "sent"]
+            assert Counter(m.to for m in h.world.delivered("u1")) == Counter(  # type: ignore[attr-defined]
+                {f"551190000000{i}@s.whatsapp.net": 1 for i in (1, 2, 3)}
+            )
+
+    asyncio.run(scenario())
