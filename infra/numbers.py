@@ -4,14 +4,19 @@ Parsing and validity come from ``phonenumbers``. What is ours is how a number is
 that the original contract's input (international digits without ``+``) keeps working and that no
 number is sent abroad by a guess:
 
-1. With ``+`` or ``00`` in front, the number is international.
-2. With ``(`` in front (``(81) 98765-4321``), it is national in the default country, when valid there.
-3. Bare digits are read both ways. When only one reading is a valid number, that one; when both are
-   and they differ (``81987654321``: Japan, or Recife in Brazil), the number is refused as
-   ambiguous, naming both readings.
-4. If no reading is valid but the international one has a possible length, that reading.
-   Numbering plans lag behind reality (and test numbers are fake); WhatsApp's own lookup decides
-   later whether the account exists.
+1. With ``+`` or ``00`` in front, the number is international (valid, or of a possible length).
+2. With ``(`` in front (``(81) 98765-4321``), it is national in the default country (valid, or of a
+   possible length there, as the old mobiles without the ninth digit are).
+3. Bare digits are read both ways. A valid number of the default country written with its country
+   code is that. Otherwise, when both readings are valid and differ (``81987654321``: Japan, or
+   Recife in Brazil), or the international one is valid abroad and the national one has a possible
+   length (``8187654321``: Japan, or an old Recife mobile), the number is refused as ambiguous,
+   naming both readings. A valid national number is that; a valid foreign one, when it cannot be
+   national, is that.
+4. With no valid reading, digits that start with the default country's code and have a possible
+   length are taken as they are (numbering plans lag behind reality, and test numbers are fake);
+   WhatsApp's own lookup decides later whether the account exists. Anything else is refused: a
+   number missing its area code (``98765-4321``) never becomes a foreign one.
 
 The Brazilian ninth digit is never added or dropped here: WhatsApp's lookup says which form has an
 account (see ``session_host`` sending).
@@ -24,6 +29,7 @@ import re
 import phonenumbers
 
 _PUNCTUATION = re.compile(r"[\s()\-./]")
+_CARRIER_PLACEHOLDER = re.compile(r"^(\(?)0[xX]{2}")  # "0xx", where a carrier's code goes when dialling
 _JID_SUFFIXES = ("@s.whatsapp.net", "@c.us")
 
 
@@ -41,6 +47,7 @@ def normalize_number(raw: str | int, default_region: str | None = None) -> str:
     body = text[1:] if plus else text
     if body[:1] not in ("(", "") and not body[:1].isdigit():
         raise InvalidNumber(f"must start with a digit, '+' or '(', not {body[:1]!r}")
+    body = _CARRIER_PLACEHOLDER.sub(r"\g<1>0", body)  # "(0xx11) ...": the trunk 0, then the area code
     digits = _PUNCTUATION.sub("", body)
     if not digits:
         raise InvalidNumber("is empty")
@@ -49,33 +56,44 @@ def normalize_number(raw: str | int, default_region: str | None = None) -> str:
         raise InvalidNumber(f"may only hold digits, spaces and + ( ) - . / but has {wrong!r}")
     if digits.startswith("00") and not plus:
         digits, plus = digits[2:], True  # the international call prefix: as good as a +
+    if plus:
+        return _digits(_possible(_parse("+" + digits, None), "give the country code after the +"))
+    if default_region is None:
+        return _digits(_possible(_parse("+" + digits, None), "give the country code, as in 5511999999999"))
+    if body.startswith("("):
+        return _digits(_possible(_parse(digits, default_region), f"not a number of {default_region}"))
     international = _parse("+" + digits, None)
     valid_international = international is not None and phonenumbers.is_valid_number(international)
-    national = None
-    if default_region and not plus and not (valid_international and _region(international) == default_region):
-        # (A valid number of the default country written internationally is never also a valid
-        # national one there: it is longer by the country code. That is the common case; skip it.)
-        national = _parse(digits, default_region)
-    valid_national = national is not None and phonenumbers.is_valid_number(national)
-    if valid_national and (body.startswith("(") or not valid_international):
-        assert national is not None
-        return _digits(national)
-    if valid_international and valid_national and _digits(international) != _digits(national):
-        raise InvalidNumber(_ambiguous(international, national))
-    if valid_international or (international is not None and phonenumbers.is_possible_number(international)):
-        assert international is not None
+    home = international is not None and _region(international) == default_region
+    if valid_international and home:  # the common case: never also a valid national number, being longer
         return _digits(international)
-    raise InvalidNumber("is not a possible phone number (give the country code, as in 5511999999999)")
+    national = _parse(digits, default_region)
+    valid_national = national is not None and phonenumbers.is_valid_number(national)
+    possible_national = valid_national or (national is not None and phonenumbers.is_possible_number(national))
+    if valid_international and possible_national and _digits(international) != _digits(national):
+        raise InvalidNumber(_ambiguous(international, national, default_region))
+    if valid_national or valid_international:
+        return _digits(national if valid_national else international)
+    if home and phonenumbers.is_possible_number(international):
+        return _digits(international)
+    raise InvalidNumber("is not a valid phone number: give the country code and the area code, as in 5511999999999")
 
 
-def _ambiguous(international: phonenumbers.PhoneNumber, national: phonenumbers.PhoneNumber) -> str:
-    def shown(number: phonenumbers.PhoneNumber) -> str:
+def _possible(number: phonenumbers.PhoneNumber | None, hint: str) -> phonenumbers.PhoneNumber:
+    if number is None or not phonenumbers.is_possible_number(number):
+        raise InvalidNumber(f"is not a possible phone number ({hint})")
+    return number
+
+
+def _ambiguous(international: phonenumbers.PhoneNumber, national: phonenumbers.PhoneNumber, region: str) -> str:
+    def shown(number: phonenumbers.PhoneNumber, region: str | None) -> str:
         written = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
-        return f"{written} ({phonenumbers.region_code_for_number(number)})"
+        return f"{written} ({region})"
 
     return (
-        f"is ambiguous: it reads as {shown(international)} or, as a national number, {shown(national)}; "
-        f"write it with its country code, as in {_digits(national)} or +{_digits(international)}"
+        f"is ambiguous: it reads as {shown(international, _region(international))} or, as a national "
+        f"number, {shown(national, region)}; write it with + and its country code, as in "
+        f"+{_digits(international)} or +{_digits(national)}"
     )
 
 

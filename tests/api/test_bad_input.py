@@ -54,7 +54,7 @@ CASES: list[tuple[str, str, Any, int, str, str]] = [
     ("POST", "/send", {"userId": 7, "number": "5511900000001", "message": "x"}, 400, "userId", "letters"),
     ("POST", "/send", {"userId": "user1", "message": "oi"}, 400, "number", "required"),
     ("POST", "/send", {"userId": "user1", "number": "55 11 9000O-0001", "message": "oi"}, 400, "number", "'O'"),
-    ("POST", "/send", {"userId": "user1", "number": "123", "message": "oi"}, 400, "number", "not a possible"),
+    ("POST", "/send", {"userId": "user1", "number": "123", "message": "oi"}, 400, "number", "not a valid"),
     ("POST", "/send", {"userId": "user1", "number": [1], "message": "oi"}, 400, "number", "Expected"),
     ("POST", "/send", {"userId": "user1", "number": "5511900000001", "message": 5}, 400, "message", "Expected `str`"),
     ("POST", "/send", {"userId": "user1", "number": "5511900000001", "message": "x" * 5000}, 400, "message", "length"),
