@@ -109,14 +109,15 @@ class DailyCount(msgspec.Struct):
 
 
 class Recipient(Input, frozen=True):
-    """``name`` fills ``[nome]``; ``fields`` fill any other placeholder (``[empresa]``, ``[cupom]``)."""
+    """``name`` fills ``[nome]``, ``number`` fills ``[numero]``; ``fields`` fill any other placeholder
+    (``[empresa]``, ``[cupom]``)."""
 
     number: str
     name: str = ""
     fields: dict[str, str] = {}
 
     def values(self) -> dict[str, str]:
-        return {**self.fields, "nome": self.name} if self.name else dict(self.fields)
+        return {**self.fields, "numero": self.number, **({"nome": self.name} if self.name else {})}
 
 
 class Job(Input, frozen=True):

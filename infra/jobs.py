@@ -32,7 +32,7 @@ from infra.store import ObjectStore
 
 JOB_ID = re.compile(JOB_ID_PATTERN)
 # Control characters other than tab and line breaks: invisible in WhatsApp, and a NUL cuts text short.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 class InvalidJob(ValueError):
@@ -83,7 +83,7 @@ def _check_template(job: Job) -> None:
     for problem in templates.problems(job.message):
         raise InvalidJob("message", problem)
     if spaced := templates.spaced_placeholders(job.message):
-        names = {"nome"}.union(*(recipient.fields for recipient in job.recipients))
+        names = {"nome", "numero"}.union(*(recipient.fields for recipient in job.recipients))
         for written, name in spaced.items():
             if name in names:
                 raise InvalidJob("message", f"{written[:40]!r} has spaces inside its brackets; write [{name}]")

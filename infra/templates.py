@@ -34,7 +34,9 @@ _CHOICE_BAR = re.compile(r"\|(?![^\[]*\])")  # a bar between choices, not a plac
 _OPEN_PLACEHOLDER = re.compile(r"\[[^\W\d][\w-]{0,63}[^\[\]]*(?=\[|$)")
 _OPEN_VARIATION = re.compile(r"\{[^{}]*\|[^{}]*$")
 # "[ nome ]": a placeholder written with spaces inside its brackets, which would arrive as typed.
-_SPACED_PLACEHOLDER = re.compile(r"\[\s*[^\W\d][\w-]{0,63}\s*(?:\|[^\[\]]*)?\]")
+# (Zero-width characters count as spaces: they come in with text pasted from elsewhere.)
+_BLANK = r"[\s\u200b-\u200d\u2060\ufeff]"
+_SPACED_PLACEHOLDER = re.compile(rf"\[{_BLANK}*([^\W\d][\w-]{{0,63}}){_BLANK}*(?:\|[^\[\]]*)?\]")
 
 
 MAX_TOKENS = 40  # placeholders and variations in one template: each costs work for every contact
@@ -60,7 +62,7 @@ def missing_fields(template: str, recipients: Sequence[Mapping[str, str]]) -> li
     for field in sorted(fields_of(template)):
         positions, count = [], 0
         for index, values in enumerate(recipients):
-            if not values.get(field):
+            if not values.get(field, "").strip():
                 count += 1
                 if count <= SHOWN_POSITIONS:
                     positions.append(index)
@@ -74,7 +76,7 @@ def render(template: str, values: Mapping[str, str], seed: str = "") -> str:
 
     def fill(match: re.Match[str]) -> str:
         value = values.get(match[1])
-        if value:
+        if value and value.strip():  # blanks alone are no value: the fallback stands in
             return value
         if match[2] is not None:
             return match[2]
@@ -110,7 +112,7 @@ def spaced_placeholders(template: str) -> dict[str, str]:
     """``[ nome ]`` and the like, as written, by the field they name: placeholders with spaces inside
     their brackets, which are copied as typed. Whether one was meant depends on the contacts' fields."""
     rest = _PLACEHOLDER.sub("", template)
-    return {match[0]: match[0][1:-1].split("|")[0].strip() for match in _SPACED_PLACEHOLDER.finditer(rest)}
+    return {match[0]: match[1] for match in _SPACED_PLACEHOLDER.finditer(rest)}
 
 
 def _choices(body: str) -> list[str]:

@@ -132,6 +132,7 @@ CASES: list[tuple[str, str, Any, int, str, str]] = [
         "control character",
     ),
     ("POST", "/send-bulk", {**GOOD_BULK, "mensagemBase": "Oi [ nome ]"}, 400, "mensagemBase", "write [nome]"),
+    ("POST", "/send-bulk", {**GOOD_BULK, "mensagemBase": "Oi\u009b [nome]"}, 400, "mensagemBase", "'\\x9b'"),
     ("POST", "/send", {"userId": "user1", "number": "5511900000001", "message": "oi"}, 409, "", "not connected"),
     ("POST", "/disconnect", {}, 400, "userId", "required"),
     ("GET", "/?userId=a%2Fb", None, 400, "userId", "letters"),

@@ -106,7 +106,8 @@ def test_placeholders_inside_variations_are_filled_in_what_would_be_sent(running
         ("Olá [nome, tudo bem?", [{"nome": "Ana", "numero": "5511900000001"}], "is not closed with ]"),
         ("{Oi|Olá [nome]", [{"nome": "Ana", "numero": "5511900000001"}], "is not closed with }"),
         ("[nome|]", [{"nome": "Ana", "numero": "5511900000001"}, {"numero": "5511900000002"}], "blank"),
-        ("[nome]", [{"nome": "   ", "numero": "5511900000001"}], "blank for the contacts at positions 0"),
+        ("[nome| ]", [{"nome": "   ", "numero": "5511900000001"}], "blank for the contacts at positions 0"),
+        ("[nome]", [{"nome": "   ", "numero": "5511900000001"}], "[nome] has no value for the contacts at positions 0"),
         ("{|}", [{"numero": "5511900000001"}], "blank"),
     ],
 )

@@ -92,3 +92,27 @@ def test_a_spaced_placeholder_is_refused_only_when_it_names_a_contact_field() ->
         with pytest.raises(InvalidJob, match=re.escape(f"has spaces inside its brackets; write [{name}]")):
             prepare_job(job(message), job_id="j1", default_region="BR")
     assert prepare_job(job("Responda [ SIM ] ou [ NÃO ], [nome]"), job_id="j1", default_region="BR").message
+
+
+def test_numero_fills_with_the_normalised_number_and_blanks_are_no_value() -> None:
+    from infra.documents import Job, Recipient
+    from infra.jobs import prepare_job, render
+
+    job = prepare_job(
+        Job(
+            userId="u1", recipients=[Recipient(number="+55 (11) 90000-0001", name="   ")], message="[nome|Oi], [numero]"
+        ),
+        job_id="j1",
+        default_region="BR",
+    )
+    assert render(job, 0) == "Oi, 5511900000001"  # a name of spaces alone takes the fallback
+    assert [(m.field, m.count) for m in missing_fields("[nome]", [{"nome": " \t"}, {"nome": "Ana"}])] == [("nome", 1)]
+
+
+def test_a_placeholder_with_zero_width_characters_inside_is_caught_like_one_with_spaces() -> None:
+    from infra.documents import Job, Recipient
+    from infra.jobs import InvalidJob, prepare_job
+
+    job = Job(userId="u1", recipients=[Recipient(number="5511900000001", name="Ana")], message="Olá [\u200bnome]")
+    with pytest.raises(InvalidJob, match=re.escape("write [nome]")):
+        prepare_job(job, job_id="j1", default_region="BR")
