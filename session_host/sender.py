@@ -81,6 +81,7 @@ MAX_ATTEMPTS = 5
 RETRY_BASE = 2.0  # seconds before the second attempt after a passing failure, doubling after each
 RETRY_MAX = 120.0
 _WAIT_TICK = 0.5
+_SESSION_LOOK = 1.0  # seconds between two looks at the session during a long pause
 CANCELLED = "the job was cancelled"  # the reason of a recipient skipped by a cancel
 _JOB_FAILED = "not sent: the job failed"  # ... of one skipped because the job failed, then the reason
 
@@ -302,7 +303,16 @@ class AccountSender:
         if run.state.status != "running":
             run.state.status, run.state.detail = "running", None
             await self._checkpoint(run)
+            await self._queue_the_others(run)
         await self._deliver(run, result, session)
+
+    async def _queue_the_others(self, running: JobRun) -> None:
+        """One job of the account sends at a time: the others that said they were running or waiting
+        are queued behind it now."""
+        for run in self.runs:
+            if run is not running and not run.finished and run.state.status in ("running", "waiting"):
+                run.state.status, run.state.detail = "queued", None
+                await self._checkpoint(run)
 
     async def _pause_for_new_number(self, run: JobRun, jid: str) -> None:
         """The account was paired again, with another phone: its contacts would hear from a number
@@ -384,10 +394,18 @@ class AccountSender:
                 logger.info("user=%s job=%s waiting: %s", self.user_id, run.id, reason)
 
     async def _nap(self, seconds: float) -> None:
-        """Wait ``seconds``, or less when something changed since this step began (``run``): a job
-        added, paused or cancelled, new settings."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), max(seconds, 0.01))
+        """Wait ``seconds``, or less when something changed since this step began: a job added, paused
+        or cancelled, new settings, or the session gone down (looked at every second, so that the jobs
+        say so while a long pause runs)."""
+        deadline = time.monotonic() + max(seconds, 0.01)
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), min(left, _SESSION_LOOK))
+                return
+            except TimeoutError:
+                session = self.sessions.get(self.user_id)
+                if session is None or not session.ready.is_set():
+                    return
 
     async def _paced(self, run: JobRun, counted: bool = True) -> None:
         """A message of ``run`` left: keep the account's pace, and write it with the day's count

@@ -312,3 +312,35 @@ def test_a_failure_to_record_the_pace_leaves_a_sent_message_sent(
             )
 
     asyncio.run(scenario())
+
+
+def test_jobs_say_at_once_that_the_session_dropped_during_a_long_pause_and_queue_again_after(
+    local_store: LocalStore, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with HostHarness(local_store, tmp_path) as h:
+            await h.connect("u1", "5511977770001")
+            first = await h.submit("u1", THREE, antiBanSettings=slow(6000))
+            await delivered(h, 1)
+            second = await h.submit("u1", [("D", "5511900000004")], antiBanSettings=slow(6000))
+            await until(lambda: _is(any(r.id == second for r in h.host.senders["u1"].runs)), 5, "second taken")
+            h.world.drop("u1", down_for=2.5)
+            started = time.monotonic()
+            for job_id in (first, second):  # long before the 6 s pause is over
+                await until(lambda j=job_id: _waiting(h, j), 3, f"{job_id} to say the session is down")
+            assert time.monotonic() - started < 3
+            await until(lambda: _is(len(h.world.delivered("u1")) >= 2), 15, "sending to go on")
+            assert (await h.job(first)).status == "running"
+            state = await h.job(second)
+            assert (state.status, state.detail) == ("queued", None)  # behind the first, no stale reason
+
+    asyncio.run(scenario())
+
+
+async def _waiting(h: HostHarness, job_id: str) -> bool:
+    state = await h.job(job_id)
+    return state.status == "waiting" and "the session is" in (state.detail or "")
+
+
+async def _is(value: bool) -> bool:
+    return value
