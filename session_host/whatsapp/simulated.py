@@ -498,8 +498,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     world, verb, rest = SimulatedWorld(args[0]), args[1], args[2:]
     if verb == "scan" and rest:
         world.scan(rest[0], rest[1] if len(rest) > 1 else None)
+        print(f"scanned: {rest[0]} pairs at its next QR code (now, if one is showing)", file=sys.stderr)
     elif verb == "unlink" and rest:
         world.unlink(rest[0])
+        print(f"unlinked: {rest[0]}'s device is removed, as from the phone", file=sys.stderr)
     elif verb == "delivered":
         for message in world.delivered(rest[0] if rest else None):
             print(msgspec.json.encode(message).decode())
