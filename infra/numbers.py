@@ -25,6 +25,7 @@ account (see ``session_host`` sending).
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 import phonenumbers
 
@@ -57,30 +58,36 @@ def normalize_number(raw: str | int, default_region: str | None = None) -> str:
     if digits.startswith("00") and not plus:
         digits, plus = digits[2:], True  # the international call prefix: as good as a +
     if plus:
-        return _digits(_possible(_parse("+" + digits, None), "give the country code after the +"))
+        return _digits(_possible_or_refused(_parse("+" + digits, None), "give the country code after the +"))
     if default_region is None:
-        return _digits(_possible(_parse("+" + digits, None), "give the country code, as in 5511999999999"))
+        return _digits(_possible_or_refused(_parse("+" + digits, None), "give the country code, as in 5511999999999"))
     if body.startswith("("):
-        return _digits(_possible(_parse(digits, default_region), f"not a number of {default_region}"))
+        return _digits(_possible_or_refused(_parse(digits, default_region), f"not a number of {default_region}"))
     international = _parse("+" + digits, None)
-    valid_international = international is not None and phonenumbers.is_valid_number(international)
-    home = international is not None and _region(international) == default_region
-    if valid_international and home:  # the common case: never also a valid national number, being longer
-        return _digits(international)
+    if _valid(international) and _region(international) == default_region:
+        return _digits(international)  # the common case: never also a valid national number, being longer
     national = _parse(digits, default_region)
-    valid_national = national is not None and phonenumbers.is_valid_number(national)
-    possible_national = valid_national or (national is not None and phonenumbers.is_possible_number(national))
-    if valid_international and possible_national and _digits(international) != _digits(national):
+    if _valid(international) and _possible(national) and _digits(international) != _digits(national):
         raise InvalidNumber(_ambiguous(international, national, default_region))
-    if valid_national or valid_international:
-        return _digits(national if valid_national else international)
-    if home and phonenumbers.is_possible_number(international):
+    if _valid(national):
+        return _digits(national)
+    if _valid(international):
+        return _digits(international)
+    if _possible(international) and _region(international) == default_region:
         return _digits(international)
     raise InvalidNumber("is not a valid phone number: give the country code and the area code, as in 5511999999999")
 
 
-def _possible(number: phonenumbers.PhoneNumber | None, hint: str) -> phonenumbers.PhoneNumber:
-    if number is None or not phonenumbers.is_possible_number(number):
+def _valid(number: phonenumbers.PhoneNumber | None) -> TypeGuard[phonenumbers.PhoneNumber]:
+    return number is not None and phonenumbers.is_valid_number(number)
+
+
+def _possible(number: phonenumbers.PhoneNumber | None) -> TypeGuard[phonenumbers.PhoneNumber]:
+    return number is not None and phonenumbers.is_possible_number(number)
+
+
+def _possible_or_refused(number: phonenumbers.PhoneNumber | None, hint: str) -> phonenumbers.PhoneNumber:
+    if not _possible(number):
         raise InvalidNumber(f"is not a possible phone number ({hint})")
     return number
 
