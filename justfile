@@ -47,7 +47,8 @@ bench *args:
     {{python}} -m bench "$@"
     {{python}} -m bench.memory  # PSS per idle neonize session at 1, 10 and 50 sessions; needs no S3
 
-# Lint and format check.
+# Lint, format and type checks.
 lint:
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
+    .venv/bin/mypy

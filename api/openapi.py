@@ -53,7 +53,7 @@ SECURITY_SCHEMES = {
         type="apiKey", name="zapgate_page", security_scheme_in="cookie", description="set by a page opened by its link"
     ),
 }
-KEYS = [{"apiKey": []}, {"bearer": []}]
+KEYS: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}]
 PAGE = [*KEYS, {"pageLink": []}, {"pageCookie": []}]
 
 

@@ -66,7 +66,7 @@ Contact = Annotated[
 ]
 
 
-class SendRequest(Input):
+class SendRequest(Input, frozen=True):
     userId: UserId
     number: PhoneNumber
     message: Message
@@ -74,7 +74,7 @@ class SendRequest(Input):
     webhookUrl: Url | None = None
 
 
-class SendBulkRequest(Input):
+class SendBulkRequest(Input, frozen=True):
     userId: UserId
     contatos: Annotated[list[Contact], msgspec.Meta(extra_json_schema={"minItems": 1})]  # 400 below one
     mensagemBase: Message
@@ -115,15 +115,15 @@ def read_bulk_body(body: bytes, max_contacts: int, principal: Principal | None =
     return request
 
 
-class UserRequest(Input):
+class UserRequest(Input, frozen=True):
     userId: UserId
 
 
-class PairPhoneRequest(Input):
+class PairPhoneRequest(Input, frozen=True):
     phone: PhoneNumber
 
 
-class KeyRequest(Input):
+class KeyRequest(Input, frozen=True):
     """``POST /keys``: a key for one account; ``label`` says what it is for (shown in the list)."""
 
     userId: UserId

@@ -110,6 +110,8 @@ from session_host.whatsapp import (
 
 if TYPE_CHECKING:
     from session_host.whatsapp import zygote
+    from session_host.whatsapp.neonize_client import NeonizeBackend
+    from session_host.whatsapp.simulated import SimulatedBackend
 
 logger = logging.getLogger(__spec__.name if __spec__ else __name__)  # not "__main__" in the worker
 
@@ -309,7 +311,7 @@ class Timeouts:
     ping_interval: float = 30.0
 
 
-def inner_backend_class(name: str) -> type:
+def inner_backend_class(name: str) -> type[SimulatedBackend] | type[NeonizeBackend]:
     """The in-process backend class behind ``name``; importing it imports no neonize."""
     if name == "simulated":
         from session_host.whatsapp.simulated import SimulatedBackend
