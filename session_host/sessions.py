@@ -108,7 +108,16 @@ class Session:
             asyncio.create_task(self._follow_events(events, self.client), name=f"events-{self.user_id}"),
             asyncio.create_task(self._save_periodically(), name=f"autosave-{self.user_id}"),
         ]
-        await self.client.start()
+        try:
+            await self.client.start()
+        except Exception as exc:  # not left "starting" with a client that never started: closed, and said
+            await self._shut()
+            if paired:
+                delay = self._retry_later()
+                await self._set("reconnecting", detail=f"the session could not start: {exc}; again in {delay:.0f} s")
+            else:
+                await self._set("failed", detail=f"the session could not start: {exc}")
+            raise
 
     async def stop(self, state: SessionState = "disconnected", detail: str | None = None) -> None:
         """Close the connection and keep the credentials (saved once more first)."""
@@ -159,6 +168,9 @@ class Session:
     async def save_auth(self) -> None:
         """Store the credentials if they changed since the last save."""
         if self.client is None or self.released:
+            return
+        if self.still_mine is not None and not await self.still_mine():
+            logger.warning("user=%s credentials not saved: another host serves the account now", self.user_id)
             return
         blob = await self.client.export_auth()
         if blob is None:
@@ -239,7 +251,7 @@ class Session:
                 await self._set("reconnecting", detail=reason)
                 logger.warning("user=%s connection lost: %s", self.user_id, reason)
             case Disconnected(reason=reason, final=True):
-                await self._close()
+                await self._save_then_close()
                 if self.status.paired:
                     delay = self._retry_later()
                     await self._set("reconnecting", detail=f"{reason}; trying again in {delay:.0f} s")
@@ -250,10 +262,11 @@ class Session:
                 await self._close()
                 await self._forget(reason)
             case StreamReplaced():
-                await self._close()
                 if self.still_mine is not None and not await self.still_mine():
+                    await self._close()  # the credentials are the new host's to save now
                     logger.info("user=%s stream replaced by the host that now serves the account", self.user_id)
                     return
+                await self._save_then_close()
                 await self._set(
                     "disconnected",
                     detail="another connection took this session over; "
@@ -261,7 +274,7 @@ class Session:
                 )
                 logger.warning("user=%s stream replaced by another connection", self.user_id)
             case TemporaryBan(reason=reason, expires_in=expires_in):
-                await self._close()  # WhatsApp closed the connection; start again once the ban is over
+                await self._save_then_close()  # WhatsApp closed the connection; start again once the ban is over
                 self._retry_later(expires_in)
                 until = utcnow() + dt.timedelta(seconds=expires_in)
                 await self._set("paused", detail=f"temporary ban until {until:%Y-%m-%d %H:%M} UTC: {reason}")
@@ -298,7 +311,13 @@ class Session:
             self._failures += 1
         if self._retry is not None:
             self._retry.cancel()
-        self._retry = asyncio.get_running_loop().call_later(delay, lambda: self._schedule(self._start_if_idle()))
+
+        def fire() -> None:
+            if self._retry is timer:  # fired: no retry is set any more, until one is set again
+                self._retry = None
+            self._schedule(self._start_if_idle())
+
+        timer = self._retry = asyncio.get_running_loop().call_later(delay, fire)
         return delay
 
     async def _start_if_idle(self) -> None:
@@ -308,8 +327,9 @@ class Session:
             try:
                 await self.start()
             except Exception:  # a store outage, a worker that did not come up: the next retry may work
-                delay = self._retry_later()
-                logger.exception("user=%s reconnecting failed; trying again in %.0f s", self.user_id, delay)
+                if self._retry is None:  # (a start that failed has set one already)
+                    self._retry_later()
+                logger.exception("user=%s reconnecting failed; trying again later", self.user_id)
 
     async def _restore_auth(self) -> bool:
         """Put the stored credentials where the client reads them; False when there are none.
@@ -335,6 +355,15 @@ class Session:
     async def _close(self) -> None:
         async with self._lock:
             await self._shut()
+
+    async def _save_then_close(self) -> None:
+        """The connection ended, but the client can still export what changed since the last save: the
+        next start restores from the store, so whatever is not saved now would be rolled back."""
+        try:
+            await self.save_auth()
+        except Exception:
+            logger.exception("user=%s credentials not saved before closing", self.user_id)
+        await self._close()
 
     async def _shut(self) -> None:
         """Close the connection; the caller holds the lock."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import importlib.util
 import io
 import sqlite3
 import subprocess
@@ -46,8 +47,8 @@ from session_host.whatsapp.neonize_client import (
     classify_failure,
     load_neonize,
     readable_connect_error,
-    snapshot_auth,
 )
+from session_host.whatsapp.snapshot import SnapshotFailed, snapshot_auth, snapshot_in_own_process
 
 NewClient = load_neonize()  # before any other neonize import: keeps the root logger as it is
 
@@ -763,7 +764,7 @@ def test_export_auth_includes_what_is_committed_but_still_in_the_wal(tmp_path: P
         writer.execute("INSERT INTO whatsmeow_sessions VALUES ('late', x'00')")
         writer.commit()
         assert (tmp_path / "auth.db-wal").stat().st_size > 0
-        data = snapshot_auth(str(auth))
+        data = snapshot_in_own_process(str(auth))
     finally:
         writer.close()
     assert data is not None
@@ -785,6 +786,65 @@ def test_export_auth_is_none_without_a_file_or_a_paired_device(
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).close()
     assert snapshot_auth(str(empty)) is None
+
+
+def test_a_snapshot_taken_while_neonizes_own_sqlite_writes_is_never_torn(tmp_path: Path) -> None:
+    """neonize's library carries its own SQLite: whatsmeow's writes go through it, here through its C
+    functions from a thread of this process, as in a worker. Each transaction keeps sum(a) + sum(b)
+    at 0; a snapshot that mixes pages of two transactions breaks that (Python's SQLite in the same
+    process tore about half of them)."""
+    library = ctypes.CDLL(str(Path(importlib.util.find_spec("neonize").origin).parent / "neonize-linux-amd64.so"))
+    library.sqlite3_open_v2.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_char_p]
+    library.sqlite3_exec.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
+    path = tmp_path / "auth.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE whatsmeow_device (jid TEXT)")
+    db.execute("INSERT INTO whatsmeow_device VALUES ('x')")
+    for table in "ab":
+        db.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, v INT, pad BLOB)")
+        db.executemany(f"INSERT INTO {table} VALUES (?, 0, zeroblob(3000))", [(i,) for i in range(300)])
+    db.commit()
+    db.close()
+    go_side = ctypes.c_void_p()
+    assert library.sqlite3_open_v2(str(path).encode(), ctypes.byref(go_side), 6, None) == 0
+    stop = threading.Event()
+
+    def whatsmeow() -> None:
+        step = b"BEGIN; UPDATE a SET v=v+1 WHERE id IN (0,299); UPDATE b SET v=v-1 WHERE id IN (0,299); COMMIT;"
+        while not stop.is_set():
+            if library.sqlite3_exec(go_side, step, None, None, None):
+                library.sqlite3_exec(go_side, b"ROLLBACK", None, None, None)
+
+    writer = threading.Thread(target=whatsmeow)
+    writer.start()
+    sums = []
+    try:
+        for _ in range(20):
+            data = snapshot_in_own_process(str(path))
+            assert data is not None
+            copy = tmp_path / "copy.db"
+            copy.write_bytes(data)
+            check = sqlite3.connect(copy)
+            sums.append(check.execute("SELECT (SELECT sum(v) FROM a) + (SELECT sum(v) FROM b)").fetchone()[0])
+            check.close()
+    finally:
+        stop.set()
+        writer.join()
+    assert sums == [0] * 20
+
+
+def test_a_snapshot_that_cannot_be_read_fails_loudly_instead_of_reading_as_unpaired(tmp_path: Path) -> None:
+    broken = tmp_path / "auth.db"
+    broken.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4096)  # a header, then garbage
+    with pytest.raises(SnapshotFailed, match="DatabaseError"):
+        snapshot_in_own_process(str(broken))
+    assert snapshot_in_own_process(str(tmp_path / "missing.db")) is None
 
 
 # -- reading neonize's errors -----------------------------------------------------------------------------------

@@ -69,10 +69,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
-import sqlite3
-import tempfile
 import threading
 import time
 import uuid
@@ -101,6 +98,7 @@ from session_host.whatsapp import (
     TemporaryBan,
     WhatsAppError,
 )
+from session_host.whatsapp.snapshot import snapshot_in_own_process
 
 if TYPE_CHECKING:
     from neonize.client import NewClient
@@ -314,7 +312,7 @@ class NeonizeClient:
                 await self._run(self._chat_presence_sync, target, False)
 
     async def export_auth(self) -> bytes | None:
-        return await self._run(snapshot_auth, self.auth_path)
+        return await self._run(snapshot_in_own_process, self.auth_path)  # see session_host.whatsapp.snapshot
 
     # -- lifecycle (sync) --------------------------------------------------------------------------
 
@@ -702,41 +700,6 @@ class NeonizeClient:
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, function, *args)
-
-
-# -- credentials -----------------------------------------------------------------------------------
-
-
-def snapshot_auth(path: str) -> bytes | None:
-    """A consistent copy of the SQLite credentials store (SQLite's online backup, never a raw
-    file copy), or None when there is no file or no paired device in it."""
-    source_path = Path(path)
-    if not source_path.is_file():
-        return None
-    source = sqlite3.connect(f"{source_path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-    try:
-        if not _has_paired_device(source):
-            return None
-        fd, temp = tempfile.mkstemp(prefix=".snapshot-", suffix=".db", dir=source_path.resolve().parent)
-        os.close(fd)
-        try:
-            target = sqlite3.connect(temp)
-            try:
-                source.backup(target)
-            finally:
-                target.close()
-            return Path(temp).read_bytes()
-        finally:
-            os.unlink(temp)
-    finally:
-        source.close()
-
-
-def _has_paired_device(connection: sqlite3.Connection) -> bool:
-    try:
-        return connection.execute("SELECT 1 FROM whatsmeow_device LIMIT 1").fetchone() is not None
-    except sqlite3.OperationalError:  # no such table: neonize never connected with this file
-        return False
 
 
 # -- reading neonize's errors ----------------------------------------------------------------------
