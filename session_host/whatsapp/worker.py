@@ -702,8 +702,11 @@ def _exit_reason(code: int | None) -> str:
 
 
 def _worker_env() -> dict[str, str]:
-    """The host's environment, with this project importable wherever the host was started from."""
-    env = dict(os.environ)
+    """The host's environment but its secrets, with this project importable wherever the host was
+    started from."""
+    from session_host.whatsapp.zygote import environment_without_secrets
+
+    env = environment_without_secrets()
     paths = [path for path in env.get("PYTHONPATH", "").split(os.pathsep) if path]
     if _PROJECT_ROOT not in paths:
         env["PYTHONPATH"] = os.pathsep.join([_PROJECT_ROOT, *paths])

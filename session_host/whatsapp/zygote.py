@@ -77,6 +77,26 @@ from multiprocessing import forkserver, resource_tracker
 from types import FrameType
 from typing import Any
 
+# What a session's worker never needs, and its Go library should never hold: the keys of the
+# stored credentials, the API's secrets and the store's credentials (the host does all the writing).
+SECRET_VARIABLES = (
+    "ZAPGATE_HOST_AUTH_KEY",
+    "ZAPGATE_HOST_AUTH_KEY_PREVIOUS",
+    "ZAPGATE_API_ADMIN_KEY",
+    "ZAPGATE_API_LINK_SECRET",
+    "ZAPGATE_WEBHOOK_SECRET",
+    "ZAPGATE_S3_ACCESS_KEY",
+    "ZAPGATE_S3_SECRET_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
+
+
+def environment_without_secrets() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if name not in SECRET_VARIABLES}
+
+
 logger = logging.getLogger(__name__)
 
 # What ``import neonize`` (0.5.2) imports besides itself, as it imports it, and this project's side of
@@ -232,7 +252,7 @@ def _fork(entry: str, argv: Sequence[str], name: str, timeout: float, stderr: in
         preparation: dict[str, object] = {"name": name, "sys_path": _sys_path()}
         with contextlib.suppress(OSError):
             preparation["dir"] = os.getcwd()
-        start = _Start(entry, list(argv), dict(os.environ))
+        start = _Start(entry, list(argv), environment_without_secrets())
         try:
             _write_all(data, pickle.dumps(preparation) + pickle.dumps(start), deadline)
         finally:

@@ -784,3 +784,14 @@ def test_a_frozen_worker_times_out_a_call_and_the_session_recovers(s3_store: S3S
 
 async def _async(value: object) -> object:
     return value
+
+
+def test_workers_get_the_hosts_environment_without_its_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from session_host.whatsapp import worker, zygote
+
+    for name in zygote.SECRET_VARIABLES:
+        monkeypatch.setenv(name, f"secret-{name}")
+    monkeypatch.setenv("ZAPGATE_LOG_LEVEL", "DEBUG")
+    for env in (zygote.environment_without_secrets(), worker._worker_env()):  # forked, and fresh interpreters
+        assert not any(value.startswith("secret-") for value in env.values())
+        assert env["ZAPGATE_LOG_LEVEL"] == "DEBUG"
