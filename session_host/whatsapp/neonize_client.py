@@ -40,7 +40,11 @@ Known limits:
 * ``RateLimited.retry_after`` is a fixed guess (``RATE_LIMIT_BACKOFF``): WhatsApp gives none.
 * ``typing`` is best effort: a failed presence update is logged, not raised.
 * ``AuthChanged`` comes on pairing and on the first connection only; key changes later in a
-  session are left to the host's periodic save.
+  session are left to the host's periodic save (every 5 minutes), and to the save it makes when the
+  connection ends or the session stops.
+* ``export_auth`` takes its snapshot in a process of its own (``session_host.whatsapp.snapshot``):
+  neonize's library carries its own SQLite, whose locks Python's SQLite in the same process would
+  neither see nor keep.
 * A ``TemporaryBan`` (like ``LoggedOut``, ``StreamReplaced`` and every final ``Disconnected``)
   stops the client: WhatsApp closes the connection and whatsmeow does not reconnect, so the
   host has to start the session again once the ban is over.
