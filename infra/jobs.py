@@ -86,7 +86,7 @@ def _check_template(job: Job) -> None:
         names = {"nome", "numero"}.union(*(recipient.fields for recipient in job.recipients))
         for written, name in spaced.items():
             if name in names:
-                raise InvalidJob("message", f"{written[:40]!r} has spaces inside its brackets; write [{name}]")
+                raise InvalidJob("message", f"{written[:40]!r} has blanks inside its brackets; write [{name}]")
     for missing in templates.missing_fields(job.message, [recipient.values() for recipient in job.recipients]):
         raise InvalidJob("message", _missing_reason(missing))
     blank = []

@@ -33,6 +33,8 @@ _CHOICE_BAR = re.compile(r"\|(?![^\[]*\])")  # a bar between choices, not a plac
 # "[nome" with no "]" before the next "[" or the end: a placeholder never closed.
 _OPEN_PLACEHOLDER = re.compile(r"\[[^\W\d][\w-]{0,63}[^\[\]]*(?=\[|$)")
 _OPEN_VARIATION = re.compile(r"\{[^{}]*\|[^{}]*$")
+# "[nome|{Oi|Olá}]" or "[nome|[apelido]]": a fallback is plain text; these would arrive as typed.
+_TEMPLATE_IN_FALLBACK = re.compile(r"\[[^\W\d][\w-]{0,63}\|[^\[\]{}]*[\[{]")
 # "[ nome ]": a placeholder written with spaces inside its brackets, which would arrive as typed.
 # (Zero-width characters count as spaces: they come in with text pasted from elsewhere.)
 _BLANK = r"[\s\u200b-\u200d\u2060\ufeff]"
@@ -98,6 +100,11 @@ def problems(template: str) -> list[str]:
     if (tokens := sum(1 for _ in _TOKENS.finditer(template))) > MAX_TOKENS:
         return [f"it has {tokens} placeholders and variations; the limit is {MAX_TOKENS}"]
     found = []
+    if inner := _TEMPLATE_IN_FALLBACK.search(template):
+        found.append(f"{inner[0][:40]!r}…: a fallback is plain text, without placeholders or variations")
+    for match in _PLACEHOLDER.finditer(template):
+        if match[2] and not re.sub(_BLANK, "", match[2]):
+            found.append(f"the fallback of {match[0]!r} is invisible: write a word, or leave it out")
     rest = _VARIATION.sub("", template)  # well-formed variations out: what is left is plain text
     if _VARIATION.search(rest):  # removing an inner one made its outer one whole
         found.append("a variation {a|b} is inside another; write the choices side by side: {a|b|c}")
@@ -112,7 +119,11 @@ def spaced_placeholders(template: str) -> dict[str, str]:
     """``[ nome ]`` and the like, as written, by the field they name: placeholders with spaces inside
     their brackets, which are copied as typed. Whether one was meant depends on the contacts' fields."""
     rest = _PLACEHOLDER.sub("", template)
-    return {match[0]: match[1] for match in _SPACED_PLACEHOLDER.finditer(rest)}
+    return {
+        match[0]: match[1]
+        for match in _SPACED_PLACEHOLDER.finditer(rest)
+        if match[0][1:].split("|")[0].rstrip("]") != match[1]  # with a blank inside, not just left by a removal
+    }
 
 
 def _choices(body: str) -> list[str]:

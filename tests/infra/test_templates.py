@@ -6,7 +6,16 @@ from collections import Counter
 import pytest
 
 from infra import templates
-from infra.templates import MAX_TOKENS, SHOWN_POSITIONS, MissingField, fields_of, missing_fields, problems, render
+from infra.templates import (
+    MAX_TOKENS,
+    SHOWN_POSITIONS,
+    MissingField,
+    fields_of,
+    missing_fields,
+    problems,
+    render,
+    spaced_placeholders,
+)
 
 
 def test_any_contact_field_fills_its_placeholder() -> None:
@@ -89,7 +98,7 @@ def test_a_spaced_placeholder_is_refused_only_when_it_names_a_contact_field() ->
         return Job(userId="u1", recipients=[recipient], message=message)
 
     for message, name in [("Oi [ nome ]", "nome"), ("Seu cupom: [cupom ]", "cupom"), ("[ nome|amigo ]", "nome")]:
-        with pytest.raises(InvalidJob, match=re.escape(f"has spaces inside its brackets; write [{name}]")):
+        with pytest.raises(InvalidJob, match=re.escape(f"has blanks inside its brackets; write [{name}]")):
             prepare_job(job(message), job_id="j1", default_region="BR")
     assert prepare_job(job("Responda [ SIM ] ou [ NÃO ], [nome]"), job_id="j1", default_region="BR").message
 
@@ -116,3 +125,8 @@ def test_a_placeholder_with_zero_width_characters_inside_is_caught_like_one_with
     job = Job(userId="u1", recipients=[Recipient(number="5511900000001", name="Ana")], message="Olá [\u200bnome]")
     with pytest.raises(InvalidJob, match=re.escape("write [nome]")):
         prepare_job(job, job_id="j1", default_region="BR")
+
+
+def test_a_blank_left_by_a_nested_placeholder_is_not_taken_for_spaces() -> None:
+    assert spaced_placeholders("Oi [nome|[x]]") == {}
+    assert problems("Oi [nome|[x]]") == ["'[nome|['…: a fallback is plain text, without placeholders or variations"]
