@@ -117,7 +117,7 @@ class MessageController(Controller):
             status="queued",
             statusUrl=f"/jobs/{job.jobId}",
             total=len(job.recipients),
-            message=f"{len(job.recipients)} messages queued",
+            message=f"{len(job.recipients)} message{'' if len(job.recipients) == 1 else 's'} queued",
         )
 
 

@@ -119,15 +119,14 @@ def _url_problem(url: str) -> str | None:
 def initial_state(job: Job) -> JobState:
     """The state of a job just accepted: every recipient pending, the same person twice a duplicate."""
     assert job.jobId is not None
-    seen: set[str] = set()
+    first_at: dict[str, int] = {}
     results = []
     for index, recipient in enumerate(job.recipients):
         result = RecipientResult(
             index=index, number=recipient.number, name=recipient.name, messageId=job.message_id(index)
         )
-        if recipient.number in seen:
-            result.status = "duplicate"
-        seen.add(recipient.number)
+        if (first := first_at.setdefault(recipient.number, index)) != index:
+            result.status, result.error = "duplicate", f"the same number as the contact at position {first}"
         results.append(result)
     state = JobState(
         jobId=job.jobId,

@@ -82,6 +82,8 @@ RETRY_BASE = 2.0  # seconds before the second attempt after a passing failure, d
 RETRY_MAX = 120.0
 _WAIT_TICK = 0.5
 _SESSION_LOOK = 1.0  # seconds between two looks at the session during a long pause
+_SAY_PACE_AFTER = 5.0  # a wait for the account's pace at least this long is said in the job's detail
+_PACE_DETAIL = "keeping the account's pace"
 CANCELLED = "the job was cancelled"  # the reason of a recipient skipped by a cancel
 _JOB_FAILED = "not sent: the job failed"  # ... of one skipped because the job failed, then the reason
 
@@ -311,7 +313,7 @@ class AccountSender:
         are queued behind it now."""
         for run in self.runs:
             if run is not running and not run.finished and run.state.status in ("running", "waiting"):
-                run.state.status, run.state.detail = "queued", None
+                run.state.status, run.state.detail = "queued", f"behind job {running.id} of the same account"
                 await self._checkpoint(run)
 
     async def _pause_for_new_number(self, run: JobRun, jid: str) -> None:
@@ -439,6 +441,10 @@ class AccountSender:
             text = render(run.job, result.index)
             typing = typing_seconds(run.job.antiBanSettings, text)
             if (delay := self.pacer.wait_before(run.job.antiBanSettings) - typing) > 0:
+                if delay >= _SAY_PACE_AFTER and run.state.detail is None:  # a batch pause, say: say so
+                    leaves = utcnow() + dt.timedelta(seconds=delay)
+                    run.state.detail = f"{_PACE_DETAIL}: the next message leaves at {leaves:%H:%M:%S} UTC"
+                    await self._checkpoint(run)
                 await self._nap(delay)
                 return  # look again: the session may have dropped, a single send may go first, a cancel come
             run.sending = result
@@ -484,6 +490,8 @@ class AccountSender:
                 self._retry_later(run, result, f"unexpected error: {exc!r}")
         finally:
             run.sending = None
+        if (run.state.detail or "").startswith(_PACE_DETAIL):
+            run.state.detail = None  # written with the outcome below
         if paced is not None:  # outside the try: a failure to record the pace says nothing of the message
             await self._paced(run, counted=paced)
         result.sendingSince = None  # its outcome is known, and written below

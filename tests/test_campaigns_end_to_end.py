@@ -117,6 +117,7 @@ def test_control_list_and_csv_report_over_http(system_factory: Any) -> None:
         ("5511900000499", "Zé", "not_on_whatsapp"),
         ("5511900000401", "Ana outra vez", "duplicate"),
     ]
+    assert rows[2]["error"] == "the same number as the contact at position 0"
 
     slow = {"randomDelayMin": 1000, "randomDelayMax": 1000, "batchSize": 10, "batchDelayMs": 1000}
     many = [{"nome": f"N{i}", "numero": f"55119000005{i:02d}"} for i in range(10)]

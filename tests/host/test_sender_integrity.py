@@ -332,7 +332,7 @@ def test_jobs_say_at_once_that_the_session_dropped_during_a_long_pause_and_queue
             await until(lambda: _is(len(h.world.delivered("u1")) >= 2), 15, "sending to go on")
             assert (await h.job(first)).status == "running"
             state = await h.job(second)
-            assert (state.status, state.detail) == ("queued", None)  # behind the first, no stale reason
+            assert (state.status, state.detail) == ("queued", f"behind job {first} of the same account")
 
     asyncio.run(scenario())
 
@@ -344,3 +344,24 @@ async def _waiting(h: HostHarness, job_id: str) -> bool:
 
 async def _is(value: bool) -> bool:
     return value
+
+
+def test_a_long_wait_for_the_pace_is_said_in_the_jobs_detail_and_cleared_by_the_send(
+    local_store: LocalStore, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with HostHarness(local_store, tmp_path) as h:
+            await h.connect("u1", "5511977770001")
+            job_id = await h.submit("u1", THREE[:2], antiBanSettings=slow(6000))
+            await delivered(h, 1)
+            state = await until(lambda: _said(h, job_id, "keeping the account's pace"), 3, "the wait said")
+            assert state.status == "running" and "the next message leaves at" in (state.detail or "")
+            final = await h.final(job_id, timeout=15)
+            assert final.status == "done" and final.detail is None
+
+    asyncio.run(scenario())
+
+
+async def _said(h: HostHarness, job_id: str, words: str) -> JobState | None:
+    state = await h.job(job_id)
+    return state if words in (state.detail or "") else None
