@@ -461,7 +461,6 @@ class Host:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(sender.close() for sender in self.senders.values()))
         for session in list(self.sessions.values()):
             if session.active:
                 try:
