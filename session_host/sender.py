@@ -222,11 +222,14 @@ class AccountSender:
         """Read the account's settings from the store; the first time, today's count and the pace too.
         Later the count in memory is the newer one: this host alone writes it while it serves the account."""
         settings = await self.storage.read(layout.account_settings(self.user_id), AccountSettings)
-        count = None if self.limits else await self.storage.read(layout.daily_count(self.user_id), AccountCount)
-        if self.limits is not None:  # read meanwhile, and maybe counted since
+        stored = None if self.limits else await self.storage.read(layout.daily_count(self.user_id), AccountCount)
+        count: AccountCount | None
+        if self.limits is not None:  # loaded before, or by another reload while this one read: newer
             count = self.limits.count
-        elif count is not None:
-            self.pacer.restore(count, utcnow())
+        else:
+            count = stored
+            if stored is not None:
+                self.pacer.restore(stored, utcnow())
         self.limits = AccountLimits(settings or AccountSettings(), count)
         self._wakeup.set()
 
@@ -441,7 +444,7 @@ class AccountSender:
             text = render(run.job, result.index)
             typing = typing_seconds(run.job.antiBanSettings, text)
             if (delay := self.pacer.wait_before(run.job.antiBanSettings) - typing) > 0:
-                if delay >= _SAY_PACE_AFTER and run.state.detail is None:  # a batch pause, say: say so
+                if delay >= _SAY_PACE_AFTER and run.state.detail is None:  # a batch pause, say: the job says so
                     leaves = utcnow() + dt.timedelta(seconds=delay)
                     run.state.detail = f"{_PACE_DETAIL}: the next message leaves at {leaves:%H:%M:%S} UTC"
                     await self._checkpoint(run)

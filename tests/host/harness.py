@@ -128,3 +128,8 @@ async def until(probe: Any, timeout: float, what: str, interval: float = 0.05) -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def holds(value: bool) -> bool:
+    """``value`` as a probe for ``until``, for conditions that need no await."""
+    return value

@@ -37,7 +37,7 @@ from session_host.auth import CredentialVault
 from session_host.leases import Lease, Leases
 from session_host.storage import Storage
 from session_host.whatsapp.simulated import SimulatedClient
-from tests.host.harness import HostHarness, until
+from tests.host.harness import HostHarness, holds, until
 from tests.host.test_webhooks_and_typing import _Receiver
 
 SLOW = AntiBanSettings(randomDelayMin=1000, randomDelayMax=1000, batchSize=100, batchDelayMs=1000, typing=False)
@@ -108,7 +108,7 @@ def test_a_slow_session_start_neither_stops_the_heartbeat_nor_the_polling(
         async with HostHarness(local_store, tmp_path) as h:  # a beat every 0.5 s, taken for dead after 2 s
             await h.connect("u1", "5511977770001")
             await command(local_store, "slow", Connect(issuedAt=utcnow()))
-            await until(lambda: _is(h.host.sessions.get("slow") is not None), 5, "the slow start to begin")
+            await until(lambda: holds(h.host.sessions.get("slow") is not None), 5, "the slow start to begin")
             began = time.monotonic()
             job_id = await h.submit("u1", [("Ana", "5511900000001")])
             await asyncio.sleep(began + 2.5 - time.monotonic())  # past the 2 s after which a silent host is dead
@@ -165,7 +165,7 @@ def test_a_session_released_to_another_host_is_not_restarted_by_its_retry_timer(
             local_store.put(layout.host_beat("host-b"), encode(beat))
             lease = Lease(hostId="host-b", takenAt=now.isoformat())
             local_store.put(layout.lease("u1", 2), encode(lease), create_only=True)
-            await until(lambda: _is("u1" not in h.host.sessions), 5, "the host to let u1 go")
+            await until(lambda: holds("u1" not in h.host.sessions), 5, "the host to let u1 go")
             before = len(made)
             await asyncio.sleep(1.5)  # the ban is over: the old timer would have fired
             assert len(made) == before, "a session released to another host connected again"
@@ -198,7 +198,7 @@ def test_an_account_whose_take_over_hit_a_store_error_is_served_at_the_next_hear
         async with HostHarness(store, tmp_path) as h:
             await h.connect("u1", "5511977770001")
             job_id = await h.submit("u1", [("Ana", "5511900000001"), ("Bia", "5511900000002")], antiBanSettings=SLOW)
-            await until(lambda: _is(len(h.world.delivered("u1")) == 1), 10, "the first message")
+            await until(lambda: holds(len(h.world.delivered("u1")) == 1), 10, "the first message")
         store.fail_once = {layout.session_status("u1")}
         async with HostHarness(store, tmp_path) as again:
             state = await again.final(job_id, timeout=10)
@@ -218,7 +218,7 @@ def test_a_finished_job_without_a_webhook_leaves_no_queue_marker_behind(
             await h.final(job_id)
         local_store.put(layout.queue_marker("u1", job_id), b"")  # killed after the last checkpoint
         async with HostHarness(local_store, tmp_path):
-            await until(lambda: _is(not list(local_store.list(layout.QUEUE))), 5, "the queue marker to go")
+            await until(lambda: holds(not list(local_store.list(layout.QUEUE))), 5, "the queue marker to go")
 
     asyncio.run(scenario())
 
@@ -271,7 +271,7 @@ def test_a_command_about_a_job_that_never_leaves_the_inbox_waits_a_while_only(
             job = Job(userId="u2", recipients=[Recipient(number="5511900000001", name="Ana")], message="Olá")
             local_store.put(layout.inbox("stuck"), encode(job))
             await command(local_store, "u1", ControlJob(issuedAt=utcnow(), jobId="stuck", action="cancel"))
-            await until(lambda: _is(not list(local_store.list(layout.COMMANDS))), 5, "the command to be dropped")
+            await until(lambda: holds(not list(local_store.list(layout.COMMANDS))), 5, "the command to be dropped")
             assert local_store.exists(layout.inbox("stuck"))
         assert "job=stuck still in the inbox" in caplog.text
 
@@ -294,10 +294,6 @@ def test_a_host_started_during_a_store_outage_comes_up_when_the_store_is_back(tm
     asyncio.run(scenario())
 
 
-async def _is(value: bool) -> bool:
-    return value
-
-
 def test_a_reconnect_that_hits_a_store_error_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = FlakyStore(tmp_path / "store")
     monkeypatch.setattr(sessions_module, "RETRY_BACKOFF", (0.5,))
@@ -309,7 +305,7 @@ def test_a_reconnect_that_hits_a_store_error_is_tried_again(tmp_path: Path, monk
             h.world.drop("u1", down_for=0.2)
             h.world.unreachable("u1", seconds=0.4)
             await h.until_state("u1", "reconnecting")
-            await until(lambda: _is(not store.fail_once), 5, "the retry to hit the store error")
+            await until(lambda: holds(not store.fail_once), 5, "the retry to hit the store error")
             job_id = await h.submit("u1", [("Ana", "5511900000001")])
             await h.until_state("u1", "connected", timeout=10)
             assert (await h.final(job_id)).totals.sent == 1
@@ -322,9 +318,9 @@ def test_a_cancelled_campaign_queued_behind_another_finishes_at_once(local_store
         async with HostHarness(local_store, tmp_path) as h:
             await h.connect("u1", "5511977770001")
             first = await h.submit("u1", [(f"C{i}", f"55119000000{i:02d}") for i in range(1, 20)], antiBanSettings=SLOW)
-            await until(lambda: _is(len(h.world.delivered("u1")) >= 1), 10, "the first message")
+            await until(lambda: holds(len(h.world.delivered("u1")) >= 1), 10, "the first message")
             second = await h.submit("u1", [("Ana", "5511900000091"), ("Bia", "5511900000092")], antiBanSettings=SLOW)
-            await until(lambda: _is(any(r.id == second for r in h.host.senders["u1"].runs)), 5, "second queued")
+            await until(lambda: holds(any(r.id == second for r in h.host.senders["u1"].runs)), 5, "second queued")
             await command(local_store, "u1", ControlJob(issuedAt=utcnow(), jobId=second, action="cancel"))
             state = await h.final(second, timeout=3)  # long before the first campaign ends
             assert state.status == "cancelled" and [r.status for r in state.results] == ["skipped", "skipped"]
@@ -354,7 +350,7 @@ def test_no_session_work_queued_behind_a_slow_stop_runs_after_the_host_stopped(
             slow["on"] = True
             for what in (Disconnect, Connect, Connect):
                 await command(local_store, "u1", what(issuedAt=utcnow()))
-            await until(lambda: _is(len(h.host._commands_running) == 3), 5, "three commands in turn")
+            await until(lambda: holds(len(h.host._commands_running) == 3), 5, "three commands in turn")
             made.clear()
         await asyncio.sleep(3)  # the host has said it stopped: nothing of it may start now
         assert not made and not h.host.sessions["u1"].active
@@ -376,7 +372,7 @@ def test_a_webhook_is_not_posted_twice_when_the_account_is_dropped_and_served_ag
         async with HostHarness(local_store, tmp_path) as h:
             await h.connect("u1", "5511977770001")
             await h.final(await h.submit("u1", [("Ana", "5511900000001")], webhookUrl=url))
-            await until(lambda: _is(len(_Receiver.received) == 1), 5, "the first failed attempt")
+            await until(lambda: holds(len(_Receiver.received) == 1), 5, "the first failed attempt")
 
     async def load_once_failing(self: CredentialVault, user_id: str) -> Any:
         if not failed:

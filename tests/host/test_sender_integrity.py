@@ -22,7 +22,7 @@ from session_host.media import MediaError
 from session_host.sender import AccountSender
 from session_host.storage import Storage
 from session_host.whatsapp.simulated import SimulatedClient, SimulatedWorld
-from tests.host.harness import FAST, HostHarness, until
+from tests.host.harness import FAST, HostHarness, holds, until
 
 THREE = [("A", "5511900000001"), ("B", "5511900000002"), ("C", "5511900000003")]
 
@@ -323,13 +323,13 @@ def test_jobs_say_at_once_that_the_session_dropped_during_a_long_pause_and_queue
             first = await h.submit("u1", THREE, antiBanSettings=slow(6000))
             await delivered(h, 1)
             second = await h.submit("u1", [("D", "5511900000004")], antiBanSettings=slow(6000))
-            await until(lambda: _is(any(r.id == second for r in h.host.senders["u1"].runs)), 5, "second taken")
+            await until(lambda: holds(any(r.id == second for r in h.host.senders["u1"].runs)), 5, "second taken")
             h.world.drop("u1", down_for=2.5)
             started = time.monotonic()
             for job_id in (first, second):  # long before the 6 s pause is over
                 await until(lambda j=job_id: _waiting(h, j), 3, f"{job_id} to say the session is down")
             assert time.monotonic() - started < 3
-            await until(lambda: _is(len(h.world.delivered("u1")) >= 2), 15, "sending to go on")
+            await until(lambda: holds(len(h.world.delivered("u1")) >= 2), 15, "sending to go on")
             assert (await h.job(first)).status == "running"
             state = await h.job(second)
             assert (state.status, state.detail) == ("queued", f"behind job {first} of the same account")
@@ -340,10 +340,6 @@ def test_jobs_say_at_once_that_the_session_dropped_during_a_long_pause_and_queue
 async def _waiting(h: HostHarness, job_id: str) -> bool:
     state = await h.job(job_id)
     return state.status == "waiting" and "the session is" in (state.detail or "")
-
-
-async def _is(value: bool) -> bool:
-    return value
 
 
 def test_a_long_wait_for_the_pace_is_said_in_the_jobs_detail_and_cleared_by_the_send(
